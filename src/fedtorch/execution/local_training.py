@@ -73,3 +73,8 @@ def train_client(
     mean_loss = loss_sum.item() / max(run.step, 1)
     message, new_state = algorithm.finish_local(run, mean_loss)
     return ClientResult(ctx.client_id, message, new_state, time.perf_counter() - start)
+
+
+def broadcast_to(b: Broadcast, device: torch.device) -> Broadcast:
+    """The broadcast with its tensors on ``device`` (no copy where they already are)."""
+    return Broadcast(x=b.x.to(device), extra={k: v.to(device) for k, v in b.extra.items()})

@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from fedtorch.execution.evaluation import evaluate
-from fedtorch.execution.local_training import train_client
+from fedtorch.execution.local_training import broadcast_to, train_client
+from fedtorch.execution.slots import intra_op_threads
 from fedtorch.flat import FlatModule
 from fedtorch.protocol import Broadcast, ClientResult, ClientTask, State
 
@@ -28,6 +29,9 @@ class SerialExecutor:
         batch_size: local minibatch size B.
         loss_fn: ``(logits, targets, reduction=...) -> loss``.
         device: a torch device string, e.g. ``"cpu"`` or ``"cuda:0"``.
+        threads: intra-op threads while training (default: the caller's count). The
+            parallel executor's CPU workers match this executor bit for bit when it runs
+            with their per-slot count.
     """
 
     name = "serial"
@@ -40,6 +44,8 @@ class SerialExecutor:
         batch_size: int,
         loss_fn,
         device: str = "cpu",
+        *,
+        threads: int | None = None,
     ):
         self.device = torch.device(device)
         self.replica = FlatModule(model_factory().to(self.device))
@@ -47,6 +53,9 @@ class SerialExecutor:
         self.train_y = train_y.to(self.device)
         self.batch_size = batch_size
         self.loss_fn = loss_fn
+        self.threads = threads
+        count = f"{threads} intra-op thread(s)" if threads else "the process's intra-op threads"
+        self.description = f"serial on {self.device} ({count})"
 
     def run(self, algorithm, broadcast: Broadcast, tasks: Sequence[ClientTask], states: Sequence[State]) -> list[ClientResult]:
         """Local training of ``tasks`` (with their persistent ``states``), in order.
@@ -55,22 +64,20 @@ class SerialExecutor:
             One :class:`ClientResult` per task, in task order; states come back on the
             CPU (the client-state store keeps them there).
         """
-        bcast = _to(broadcast, self.device)
+        bcast = broadcast_to(broadcast, self.device)
         results = []
-        for task, state in zip(tasks, states):
-            state = {k: v.to(self.device) for k, v in state.items()}
-            task = ClientTask(task.ctx, task.indices.to(self.device))
-            result = train_client(
-                algorithm, self.replica, self.train_x, self.train_y, task, self.batch_size, bcast, state, self.loss_fn
-            )
-            result.state = {k: v.cpu() for k, v in result.state.items()}
-            results.append(result)
+        with intra_op_threads(self.threads):
+            for task, state in zip(tasks, states):
+                state = {k: v.to(self.device) for k, v in state.items()}
+                task = ClientTask(task.ctx, task.indices.to(self.device))
+                result = train_client(
+                    algorithm, self.replica, self.train_x, self.train_y, task, self.batch_size, bcast, state, self.loss_fn
+                )
+                result.state = {k: v.cpu() for k, v in result.state.items()}
+                results.append(result)
         return results
 
     def evaluate(self, x: torch.Tensor, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[float, float]:
         """(mean loss, accuracy) of the flat model ``x`` on a labelled set."""
         return evaluate(self.replica, x.to(self.device), inputs.to(self.device), targets.to(self.device), self.loss_fn)
 
-
-def _to(b: Broadcast, device: torch.device) -> Broadcast:
-    return Broadcast(x=b.x.to(device), extra={k: v.to(device) for k, v in b.extra.items()})

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 import fedtorch
 from fedtorch.algorithms import LocalSGD, make_server_optimizer
 from fedtorch.data import PARTITIONERS, DataFileError, FederatedData, PartitionError, load_dataset
-from fedtorch.execution import EXECUTORS
+from fedtorch.execution import build_executor
 from fedtorch.experiment.atomic import write_text
 from fedtorch.experiment.checkpoint import load_checkpoint, save_checkpoint
 from fedtorch.experiment.config import algorithm_hparams, clients_per_round
@@ -98,8 +98,11 @@ def prepare(cfg: DictConfig) -> Prepared:
         LocalSGD(momentum=cfg.client.momentum, weight_decay=cfg.client.weight_decay),
         make_server_optimizer(cfg.server.optimizer, lr=cfg.server.lr, momentum=cfg.server.momentum),
     )
-    executor = EXECUTORS[cfg.execution.mode](
-        model_factory, ds.train_x, ds.train_y, cfg.client.batch_size, F.cross_entropy, cfg.execution.device
+    e = cfg.execution
+    executor = build_executor(
+        e.mode, model_factory, ds.train_x, ds.train_y, cfg.client.batch_size, F.cross_entropy, e.device,
+        devices=None if e.devices is None else list(e.devices), threads=e.threads,
+        max_clients_per_step=e.max_clients_per_step,
     )
     m = clients_per_round(cfg)
     if m > cfg.data.num_clients:

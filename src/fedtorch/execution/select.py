@@ -1,0 +1,97 @@
+"""Building an executor from ``execution.*`` settings, and ``mode=auto``'s choice.
+
+``auto`` decides from facts about the model and the machine that do not change between
+runs (so the same config always picks the same engine, and results stay reproducible):
+
+1. a device list with two or more slots -> ``parallel`` (the user asked for workers);
+2. the model vectorises and one client step is cheap (fewer than
+   :data:`VECTORIZE_MAX_FLOPS` floating-point operations for forward and backward of one
+   minibatch, counted with ``torch.utils.flop_counter``) -> ``vectorized``: such steps are
+   dominated by per-op overhead, which training C clients per call divides by C;
+3. otherwise, with two or more CPU threads or a GPU -> ``parallel`` on two slots of
+   ``device``: expensive steps keep a worker busy, so workers overlap well;
+4. otherwise ``serial``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from fedtorch.execution.parallel import ParallelExecutor
+from fedtorch.execution.serial import SerialExecutor
+from fedtorch.execution.slots import parse_slots
+from fedtorch.execution.vectorized import VectorizedExecutor, _vmapped_gradient, vectorization_problem
+from fedtorch.flat import FlatModule
+
+EXECUTORS = {"serial": SerialExecutor, "parallel": ParallelExecutor, "vectorized": VectorizedExecutor}
+MODES = (*EXECUTORS, "auto")
+
+# Measured on a 2-core CPU (docs/performance.md): the vectorised executor wins clearly on
+# logistic regression (0.5 MFLOP per step at B=10) and the 2NN MLP (38 MFLOP at B=32) and
+# loses on the FedAvg CNN (2.4 GFLOP at B=32), where the parallel executor wins.
+VECTORIZE_MAX_FLOPS = 2e8
+
+
+def build_executor(
+    mode: str,
+    model_factory: Callable[[], nn.Module],
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    batch_size: int,
+    loss_fn,
+    device: str = "cpu",
+    *,
+    devices: Sequence[str] | None = None,
+    threads: int | None = None,
+    max_clients_per_step: int | None = None,
+):
+    """The executor for ``execution.mode``; ``auto`` picks one (see the module docstring)
+    and prefixes its ``description`` with the choice and the reason.
+
+    Raises:
+        ValueError: unknown ``mode`` (message lists the allowed ones).
+        SlotError: bad ``devices``.
+    """
+    reason = None
+    if mode == "auto":
+        mode, reason = choose_mode(model_factory, train_x, train_y, batch_size, loss_fn, device, devices)
+    if mode not in EXECUTORS:
+        raise ValueError(f"execution.mode: unknown value {mode!r}; allowed: {', '.join(MODES)}")
+    options: dict = {"threads": threads}
+    if mode == "parallel":
+        options["devices"] = devices
+    if mode == "vectorized":
+        options["max_clients_per_step"] = max_clients_per_step
+    executor = EXECUTORS[mode](model_factory, train_x, train_y, batch_size, loss_fn, device, **options)
+    if reason is not None:
+        executor.description = f"auto picked {mode} ({reason}): {executor.description}"
+    return executor
+
+
+def step_flops(replica: FlatModule, x: torch.Tensor, y: torch.Tensor, loss_fn) -> int:
+    """Floating-point operations of one client step (forward and backward of one minibatch)."""
+    with torch.enable_grad(), FlopCounterMode(display=False) as counter:
+        replica.loss_and_grad(x, y, loss_fn)
+    return counter.get_total_flops()
+
+
+def choose_mode(model_factory, train_x, train_y, batch_size: int, loss_fn, device: str = "cpu", devices=None) -> tuple[str, str]:
+    """``(mode, reason)`` for ``execution.mode=auto`` (rules in the module docstring)."""
+    if devices is not None and len(parse_slots(devices)) >= 2:
+        return "parallel", f"{len(devices)} worker slots listed in execution.devices"
+    dev = torch.device(device)
+    replica = FlatModule(model_factory().to(dev))
+    x, y = train_x[:batch_size].to(dev), train_y[:batch_size].to(dev)
+    flops = step_flops(replica, x, y, loss_fn)
+    problem = vectorization_problem(_vmapped_gradient(replica.module, replica.layout, loss_fn), replica, x, y, batch_size, loss_fn)
+    cost = f"{flops / 1e6:.1f} MFLOP per client step"
+    if problem is None and flops < VECTORIZE_MAX_FLOPS:
+        return "vectorized", f"the model vectorises and {cost} < {VECTORIZE_MAX_FLOPS / 1e6:.0f}: per-step overhead dominates"
+    why = problem or f"{cost} >= {VECTORIZE_MAX_FLOPS / 1e6:.0f}: compute dominates"
+    if dev.type == "cuda" or torch.get_num_threads() >= 2:
+        return "parallel", f"{why}; two workers share the {'GPU' if dev.type == 'cuda' else 'CPU cores'}"
+    return "serial", f"{why}; one CPU thread, nothing to run side by side"
