@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from fedtorch.execution.evaluation import evaluate
-from fedtorch.execution.local_training import broadcast_to, train_client
+from fedtorch.execution.local_training import broadcast_to, train_task
 from fedtorch.execution.slots import Slot, default_slots, parse_slots, threads_per_slot
 from fedtorch.flat import FlatModule
 from fedtorch.protocol import Broadcast, ClientMessage, ClientResult, ClientTask, State
@@ -216,12 +216,8 @@ class _Worker(threading.Thread):
         return result
 
     def _train_here(self, algorithm, bcast: Broadcast, task: ClientTask, state: State, batch_size: int, loss_fn) -> ClientResult:
-        dev = self.slot.device
-        state = {k: v.to(dev) for k, v in state.items()}
-        task = ClientTask(task.ctx, task.indices.to(dev))
-        result = train_client(algorithm, self.replica, self.train_x, self.train_y, task, batch_size, bcast, state, loss_fn)
-        result.state = {k: v.cpu() for k, v in result.state.items()}
-        if self.out_device != dev:
+        result = train_task(algorithm, self.replica, self.train_x, self.train_y, task, batch_size, bcast, state, loss_fn)
+        if self.out_device != self.slot.device:
             result.message = _message_to(result.message, self.out_device)
         return result
 

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from fedtorch.execution.evaluation import evaluate
-from fedtorch.execution.local_training import broadcast_to, train_client
+from fedtorch.execution.local_training import broadcast_to, train_task
 from fedtorch.execution.slots import intra_op_threads
 from fedtorch.flat import FlatModule
 from fedtorch.protocol import Broadcast, ClientResult, ClientTask, State
@@ -68,13 +68,9 @@ class SerialExecutor:
         results = []
         with intra_op_threads(self.threads):
             for task, state in zip(tasks, states):
-                state = {k: v.to(self.device) for k, v in state.items()}
-                task = ClientTask(task.ctx, task.indices.to(self.device))
-                result = train_client(
-                    algorithm, self.replica, self.train_x, self.train_y, task, self.batch_size, bcast, state, self.loss_fn
+                results.append(
+                    train_task(algorithm, self.replica, self.train_x, self.train_y, task, self.batch_size, bcast, state, self.loss_fn)
                 )
-                result.state = {k: v.cpu() for k, v in result.state.items()}
-                results.append(result)
         return results
 
     def evaluate(self, x: torch.Tensor, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[float, float]:

@@ -52,7 +52,8 @@ from torch.func import functional_call, grad_and_value, vmap
 
 from fedtorch.data.federated import minibatch_indices
 from fedtorch.execution.evaluation import evaluate
-from fedtorch.execution.local_training import broadcast_to, train_client
+from fedtorch.execution.local_training import broadcast_to
+from fedtorch.execution.serial import SerialExecutor
 from fedtorch.execution.slots import intra_op_threads
 from fedtorch.flat import FlatModule, ParamLayout
 from fedtorch.protocol import Broadcast, ClientResult, ClientTask, LocalRun, RoundContext, State
@@ -113,8 +114,10 @@ class VectorizedExecutor:
         self._eager = _vmapped_gradient(self.replica.module, self.replica.layout, loss_fn)
         self._grad_fns: dict[int, GradFn] = {}
         self.fallback = vectorization_problem(self._eager, self.replica, self.train_x, self.train_y, batch_size, loss_fn)
+        self._serial = None
         if self.fallback is not None:
             warnings.warn(f"vectorized execution: {self.fallback}; falling back to serial execution", RuntimeWarning, stacklevel=2)
+            self._serial = SerialExecutor(model_factory, self.train_x, self.train_y, batch_size, loss_fn, device, threads=threads)
             self.max_clients_per_step = 1
             self.description = f"vectorized -> serial fallback on {self.device} ({self.fallback})"
             return
@@ -132,11 +135,11 @@ class VectorizedExecutor:
             ValueError: the tasks mix rounds or seeds, or the clients' states have
                 different keys.
         """
+        if self._serial is not None:
+            return self._serial.run(algorithm, broadcast, tasks, states)
         bcast = broadcast_to(broadcast, self.device)
         results: list[ClientResult] = []
         with intra_op_threads(self.threads), torch.no_grad():
-            if self.fallback is not None:
-                return [self._serial(algorithm, bcast, t, s) for t, s in zip(tasks, states)]
             step = self.max_clients_per_step
             for start in range(0, len(tasks), step):
                 results += self._train_chunk(algorithm, bcast, tasks[start : start + step], states[start : start + step])
@@ -147,14 +150,6 @@ class VectorizedExecutor:
         return evaluate(self.replica, x.to(self.device), inputs.to(self.device), targets.to(self.device), self.loss_fn)
 
     # ---- internals ------------------------------------------------------------------
-    def _serial(self, algorithm, bcast: Broadcast, task: ClientTask, state: State) -> ClientResult:
-        state = {k: v.to(self.device) for k, v in state.items()}
-        task = ClientTask(task.ctx, task.indices.to(self.device))
-        with torch.enable_grad():
-            r = train_client(algorithm, self.replica, self.train_x, self.train_y, task, self.batch_size, bcast, state, self.loss_fn)
-        r.state = {k: v.cpu() for k, v in r.state.items()}
-        return r
-
     def _chunk_from_budget(self) -> int:
         if self.device.type == "cuda":
             budget = torch.cuda.mem_get_info(self.device)[0] // 2
@@ -365,6 +360,8 @@ def padded_minibatches(tasks: Sequence[ClientTask], batch_size: int, device: tor
     """
     count = len(tasks)
     k_max = max(t.ctx.num_steps for t in tasks)
+    if k_max == 0:
+        return torch.zeros(0, count, batch_size, dtype=torch.int64, device=device), torch.zeros(0, count, batch_size, device=device)
     pad = torch.zeros(batch_size, dtype=torch.int64)
     rows = [[pad] * count for _ in range(k_max)]
     lengths = [[0] * count for _ in range(k_max)]
