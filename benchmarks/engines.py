@@ -18,7 +18,7 @@ first round (tracing, thread start-up) is reported separately as ``first_round_s
 ``peak_rss_mib`` is the peak resident memory during that engine's rounds (Linux VmHWM, reset
 before each of its rounds), ``process_peak_rss_mib`` that of the whole process.
 
-    python benchmarks/engines.py W1 [W2 W3] [--rounds N] [--engines serial,vectorized] [--json]
+    python benchmarks/engines.py W1 [W2 W3] [--rounds N] [--engines serial,vectorized] [--threads N] [--json]
 """
 
 from __future__ import annotations
@@ -181,6 +181,7 @@ def run_workload(name: str, engines: list[str], rounds: int | None = None) -> di
     times: dict[str, list[float]] = {k: [] for k in runners}
     peaks: dict[str, float] = {k: 0.0 for k in runners}
     resettable = _reset_peak_rss()
+    load_before = os.getloadavg()[0]
     for t in range(cfg.rounds):
         for key, runner in runners.items():
             if resettable:
@@ -191,6 +192,7 @@ def run_workload(name: str, engines: list[str], rounds: int | None = None) -> di
     evaluator = runners[engines[0]].executor if engines else build_engine(prep, "serial")
     plain_s = statistics.median(times["plain"][1:] or times["plain"])
     out = {"workload": name, "rounds": cfg.rounds, "torch_threads": torch.get_num_threads(),
+           "load_avg_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
            "cpu_count": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(), "engines": {}}
     for key, runner in runners.items():
         per_round = times[key][1:] or times[key]
@@ -212,7 +214,7 @@ def run_workload(name: str, engines: list[str], rounds: int | None = None) -> di
 
 def _print_table(result: dict) -> None:
     print(f"{result['workload']}: {result['rounds']} rounds, torch threads {result['torch_threads']}, "
-          f"process peak RSS {result['process_peak_rss_mib']:.0f} MiB")
+          f"process peak RSS {result['process_peak_rss_mib']:.0f} MiB, load average {result['load_avg_1min']} (start, end)")
     print(f"  {'engine':11s} {'s/round':>9s} {'speedup':>8s} {'ratio':>6s} {'1st round':>9s} {'setup':>6s} {'test acc':>8s} {'peak RSS':>9s}")
     for key, e in result["engines"].items():
         rss = f"{e['peak_rss_mib']:.0f} MiB" if e["peak_rss_mib"] is not None else "-"
@@ -227,8 +229,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("workloads", nargs="+", choices=sorted(WORKLOADS))
     ap.add_argument("--rounds", type=int, help="rounds (default: the workload's)")
     ap.add_argument("--engines", help=f"comma list of {', '.join(ENGINES)} (default per workload)")
+    ap.add_argument("--threads", type=int, help="torch.set_num_threads for the whole process, plain loop included")
     ap.add_argument("--json", action="store_true", help="print one JSON object per workload")
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     for name in args.workloads:
         engines = args.engines.split(",") if args.engines else DEFAULT_ENGINES[name]
         unknown = sorted(set(engines) - set(ENGINES))

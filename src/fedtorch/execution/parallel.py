@@ -27,32 +27,27 @@ from __future__ import annotations
 import queue
 import threading
 import weakref
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
-from torch import nn
 
-from fedtorch.execution.evaluation import evaluate
+from fedtorch.execution.base import Executor
 from fedtorch.execution.local_training import broadcast_to, train_task
 from fedtorch.execution.slots import Slot, default_slots, parse_slots, threads_per_slot
 from fedtorch.flat import FlatModule
 from fedtorch.protocol import Broadcast, ClientMessage, ClientResult, ClientTask, State
 
 
-class ParallelExecutor:
+class ParallelExecutor(Executor):
     """Train the selected clients concurrently on worker slots.
 
     Args:
-        model_factory: ``() -> nn.Module`` building one replica (architecture only).
-        train_x: ``(N, ...)`` training inputs (copied once to each slot device).
-        train_y: ``(N,)`` training labels.
-        batch_size: local minibatch size B.
-        loss_fn: ``(logits, targets, reduction=...) -> loss``.
-        device: where messages are returned and evaluation runs (the server's device).
+        *args, **kwargs: those of :class:`~fedtorch.execution.base.Executor`; ``device``
+            is where messages are returned and evaluation runs (the server's device), and
+            ``threads`` is the intra-op thread count of each CPU worker (default: the
+            caller's thread count divided by the number of CPU slots, at least 1).
         devices: worker slots, e.g. ``["cpu/0", "cpu/1"]`` or ``["cuda:0/0", "cuda:0/1"]``
             (default: two slots on ``device``).
-        threads: intra-op threads of each CPU worker (default: the caller's thread count
-            divided by the number of CPU slots, at least 1).
 
     Raises:
         SlotError: a malformed, duplicate or absent slot (see :func:`parse_slots`).
@@ -63,32 +58,16 @@ class ParallelExecutor:
 
     name = "parallel"
 
-    def __init__(
-        self,
-        model_factory: Callable[[], nn.Module],
-        train_x: torch.Tensor,
-        train_y: torch.Tensor,
-        batch_size: int,
-        loss_fn,
-        device: str = "cpu",
-        *,
-        devices: Sequence[str] | None = None,
-        threads: int | None = None,
-    ):
-        self.device = torch.device(device)
+    def __init__(self, *args, devices: Sequence[str] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
         self.slots = parse_slots(devices or default_slots(self.device))
-        self.threads = threads_per_slot(self.slots, threads)
-        self.batch_size = batch_size
-        self.loss_fn = loss_fn
-        self.replica = FlatModule(model_factory().to(self.device))
-        data = {}
-        for dev in dict.fromkeys(s.device for s in self.slots):
-            data[dev] = (train_x.to(dev), train_y.to(dev))
+        self.threads = threads_per_slot(self.slots, self.threads)
+        data = {dev: (self.train_x.to(dev), self.train_y.to(dev)) for dev in dict.fromkeys(s.device for s in self.slots)}
         if any(s.device.type == "cuda" for s in self.slots):
             torch.cuda.synchronize()
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
         self._workers = [
-            _Worker(slot, FlatModule(model_factory().to(slot.device)), *data[slot.device], self.threads, self.device, self._jobs)
+            _Worker(slot, FlatModule(self.model_factory().to(slot.device)), *data[slot.device], self.threads, self.device, self._jobs)
             for slot in self.slots
         ]
         caller_threads = torch.get_num_threads()
@@ -124,10 +103,6 @@ class ParallelExecutor:
         for i in order:
             self._jobs.put((batch, i, algorithm, bcasts, tasks[i], states[i], self.batch_size, self.loss_fn))
         return batch.wait()
-
-    def evaluate(self, x: torch.Tensor, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[float, float]:
-        """(mean loss, accuracy) of the flat model ``x`` on a labelled set, on :attr:`device`."""
-        return evaluate(self.replica, x.to(self.device), inputs.to(self.device), targets.to(self.device), self.loss_fn)
 
     def close(self) -> None:
         """Stop the worker threads (idempotent)."""

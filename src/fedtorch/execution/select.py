@@ -15,10 +15,9 @@ runs (so the same config always picks the same engine, and results stay reproduc
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
-from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from fedtorch.execution.parallel import ParallelExecutor
@@ -36,21 +35,17 @@ MODES = (*EXECUTORS, "auto")
 VECTORIZE_MAX_FLOPS = 2e8
 
 
-def build_executor(
-    mode: str,
-    model_factory: Callable[[], nn.Module],
-    train_x: torch.Tensor,
-    train_y: torch.Tensor,
-    batch_size: int,
-    loss_fn,
-    device: str = "cpu",
-    *,
-    devices: Sequence[str] | None = None,
-    threads: int | None = None,
-    max_clients_per_step: int | None = None,
-):
+def build_executor(mode: str, *args, devices: Sequence[str] | None = None, max_clients_per_step: int | None = None, **kwargs):
     """The executor for ``execution.mode``; ``auto`` picks one (see the module docstring)
     and prefixes its ``description`` with the choice and the reason.
+
+    Args:
+        mode: ``serial``, ``parallel``, ``vectorized`` or ``auto``.
+        *args, **kwargs: the executors' common arguments (``model_factory, train_x,
+            train_y, batch_size, loss_fn, device="cpu", threads=None``; see
+            :class:`~fedtorch.execution.base.Executor`).
+        devices: the parallel executor's slots (``auto`` and ``parallel`` only).
+        max_clients_per_step: the vectorised executor's chunk size.
 
     Raises:
         ValueError: unknown ``mode`` (message lists the allowed ones).
@@ -58,15 +53,14 @@ def build_executor(
     """
     reason = None
     if mode == "auto":
-        mode, reason = choose_mode(model_factory, train_x, train_y, batch_size, loss_fn, device, devices)
+        mode, reason = choose_mode(*args, devices=devices, **kwargs)
     if mode not in EXECUTORS:
         raise ValueError(f"execution.mode: unknown value {mode!r}; allowed: {', '.join(MODES)}")
-    options: dict = {"threads": threads}
     if mode == "parallel":
-        options["devices"] = devices
+        kwargs["devices"] = devices
     if mode == "vectorized":
-        options["max_clients_per_step"] = max_clients_per_step
-    executor = EXECUTORS[mode](model_factory, train_x, train_y, batch_size, loss_fn, device, **options)
+        kwargs["max_clients_per_step"] = max_clients_per_step
+    executor = EXECUTORS[mode](*args, **kwargs)
     if reason is not None:
         executor.description = f"auto picked {mode} ({reason}): {executor.description}"
     return executor
@@ -79,8 +73,11 @@ def step_flops(replica: FlatModule, x: torch.Tensor, y: torch.Tensor, loss_fn) -
     return counter.get_total_flops()
 
 
-def choose_mode(model_factory, train_x, train_y, batch_size: int, loss_fn, device: str = "cpu", devices=None) -> tuple[str, str]:
-    """``(mode, reason)`` for ``execution.mode=auto`` (rules in the module docstring)."""
+def choose_mode(
+    model_factory, train_x, train_y, batch_size: int, loss_fn, device: str = "cpu", *, devices=None, threads=None
+) -> tuple[str, str]:
+    """``(mode, reason)`` for ``execution.mode=auto`` (rules in the module docstring);
+    takes :func:`build_executor`'s arguments (``threads`` does not enter the choice)."""
     if devices is not None and len(parse_slots(devices)) >= 2:
         return "parallel", f"{len(devices)} worker slots listed in execution.devices"
     dev = torch.device(device)

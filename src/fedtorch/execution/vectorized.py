@@ -51,7 +51,7 @@ from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
 from fedtorch.data.federated import minibatch_indices
-from fedtorch.execution.evaluation import evaluate
+from fedtorch.execution.base import Executor
 from fedtorch.execution.local_training import broadcast_to
 from fedtorch.execution.serial import SerialExecutor
 from fedtorch.execution.slots import intra_op_threads
@@ -65,22 +65,17 @@ VECTORS_PER_CLIENT = 8
 GradFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
-class VectorizedExecutor:
+class VectorizedExecutor(Executor):
     """Train the selected clients in chunks of C clients at once, on ``device``.
 
     Args:
-        model_factory: ``() -> nn.Module`` building the model (architecture only).
-        train_x: ``(N, ...)`` training inputs (moved to ``device`` once).
-        train_y: ``(N,)`` training labels.
-        batch_size: local minibatch size B.
-        loss_fn: ``(logits, targets, reduction=...) -> loss``; called with
-            ``reduction="none"`` inside ``vmap``.
-        device: a torch device string.
-        threads: intra-op threads while training (default: the caller's count).
+        *args, **kwargs: those of :class:`~fedtorch.execution.base.Executor`; ``loss_fn``
+            is called with ``reduction="none"`` inside ``vmap``.
         max_clients_per_step: C, clients trained at once (default: from the memory
             budget, see the module docstring).
-        trace: trace the gradient function with ``make_fx`` per chunk size (default);
-            False calls the ``torch.func`` transforms eagerly (slower, same ops).
+        trace: compile the gradient function per chunk size (default, see
+            :func:`traced_gradient`); False calls the ``torch.func`` transforms eagerly
+            (slower, same ops).
 
     Raises:
         ValueError: ``max_clients_per_step`` < 1.
@@ -88,36 +83,18 @@ class VectorizedExecutor:
 
     name = "vectorized"
 
-    def __init__(
-        self,
-        model_factory: Callable[[], nn.Module],
-        train_x: torch.Tensor,
-        train_y: torch.Tensor,
-        batch_size: int,
-        loss_fn,
-        device: str = "cpu",
-        *,
-        threads: int | None = None,
-        max_clients_per_step: int | None = None,
-        trace: bool = True,
-    ):
+    def __init__(self, *args, max_clients_per_step: int | None = None, trace: bool = True, **kwargs):
         if max_clients_per_step is not None and max_clients_per_step < 1:
             raise ValueError(f"execution.max_clients_per_step={max_clients_per_step!r} is not allowed: must be null or >= 1")
-        self.device = torch.device(device)
-        self.replica = FlatModule(model_factory().to(self.device))
-        self.train_x = train_x.to(self.device)
-        self.train_y = train_y.to(self.device)
-        self.batch_size = batch_size
-        self.loss_fn = loss_fn
-        self.threads = threads
+        super().__init__(*args, **kwargs)
         self.trace = trace
-        self._eager = _vmapped_gradient(self.replica.module, self.replica.layout, loss_fn)
+        self._eager = _vmapped_gradient(self.replica.module, self.replica.layout, self.loss_fn)
         self._grad_fns: dict[int, GradFn] = {}
-        self.fallback = vectorization_problem(self._eager, self.replica, self.train_x, self.train_y, batch_size, loss_fn)
+        self.fallback = vectorization_problem(self._eager, self.replica, self.train_x, self.train_y, self.batch_size, self.loss_fn)
         self._serial = None
         if self.fallback is not None:
             warnings.warn(f"vectorized execution: {self.fallback}; falling back to serial execution", RuntimeWarning, stacklevel=2)
-            self._serial = SerialExecutor(model_factory, self.train_x, self.train_y, batch_size, loss_fn, device, threads=threads)
+            self._serial = SerialExecutor(*args, **kwargs)
             self.max_clients_per_step = 1
             self.description = f"vectorized -> serial fallback on {self.device} ({self.fallback})"
             return
@@ -144,10 +121,6 @@ class VectorizedExecutor:
             for start in range(0, len(tasks), step):
                 results += self._train_chunk(algorithm, bcast, tasks[start : start + step], states[start : start + step])
         return results
-
-    def evaluate(self, x: torch.Tensor, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[float, float]:
-        """(mean loss, accuracy) of the flat model ``x`` on a labelled set."""
-        return evaluate(self.replica, x.to(self.device), inputs.to(self.device), targets.to(self.device), self.loss_fn)
 
     # ---- internals ------------------------------------------------------------------
     def _chunk_from_budget(self) -> int:
