@@ -29,10 +29,12 @@ from fedtorch.flat import FlatModule
 EXECUTORS = {"serial": SerialExecutor, "parallel": ParallelExecutor, "vectorized": VectorizedExecutor}
 MODES = (*EXECUTORS, "auto")
 
-# Measured on a 2-core CPU (docs/performance.md): the vectorised executor wins clearly on
-# logistic regression (0.5 MFLOP per step at B=10) and the 2NN MLP (38 MFLOP at B=32) and
-# loses on the FedAvg CNN (2.4 GFLOP at B=32), where the parallel executor wins.
-VECTORIZE_MAX_FLOPS = 2e8
+# Measured on a 2-core CPU (docs/performance.md): the vectorised executor is 5-10x faster
+# than serial on logistic regression (0.3 MFLOP per step at B=10), but 1.1-1.7x slower on
+# the 2NN MLP (12 MFLOP at B=10, 38 at B=32) and 2x slower on the FedAvg CNN (2.4 GFLOP
+# at B=32): once a step is compute-bound, the (C, P) tensors of C clients fall out of the
+# caches. Not calibrated on a GPU, where per-op overhead is larger and the crossover higher.
+VECTORIZE_MAX_FLOPS = 5e6
 
 
 def build_executor(mode: str, *args, devices: Sequence[str] | None = None, max_clients_per_step: int | None = None, **kwargs):
