@@ -79,6 +79,7 @@ ENGINES: dict[str, dict] = {
     "parallel": {"mode": "parallel", "devices": ["cpu/0", "cpu/1"]},
     "vectorized": {"mode": "vectorized"},
     "auto": {"mode": "auto"},
+    "parallel-3": {"mode": "parallel", "devices": ["cpu/0", "cpu/1", "cpu/2"], "threads": 1},
     "vectorized-1t": {"mode": "vectorized", "threads": 1},
     "serial-1t": {"mode": "serial", "threads": 1},
 }
