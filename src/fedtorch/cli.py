@@ -94,7 +94,9 @@ def _cmd_run(args) -> int:
         if (run_dir / RESULT_NAME).is_file():
             print(f"{run_dir} is already complete ({RESULT_NAME} exists); nothing to resume")
             return 0
-        result = execute(prepare(cfg), run_dir, resume=True)
+        prep = prepare(cfg)
+        print(f"execution: {prep.executor.description}", flush=True)
+        result = execute(prep, run_dir, resume=True)
         _report(run_dir, result)
         return 0
     if not args.experiment:
@@ -107,7 +109,7 @@ def _cmd_run(args) -> int:
     cfg = validate(apply_overrides(base, args.overrides))
     prep = prepare(cfg)
     run_dir = new_run_dir(cfg, folder)
-    print(f"run directory: {run_dir}", flush=True)
+    print(f"run directory: {run_dir}\nexecution: {prep.executor.description}", flush=True)
     try:
         result = execute(prep, run_dir)
     except KeyboardInterrupt:

@@ -111,3 +111,22 @@ def train_client(
     mean_loss = loss_sum.item() / max(run.step, 1)
     message, new_state = algorithm.finish_local(run, mean_loss)
     return ClientResult(ctx.client_id, message, new_state, time.perf_counter() - start)
+
+
+def train_task(
+    algorithm, replica: FlatModule, train_x, train_y, task: ClientTask, batch_size: int, broadcast: Broadcast, state: State, loss_fn
+) -> ClientResult:
+    """:func:`train_client` with the task's indices and the state moved to the replica's
+    device (``broadcast`` and the data must already be there); the new state comes back on
+    the CPU, where the client-state store keeps it."""
+    device = replica.params.device
+    state = {k: v.to(device) for k, v in state.items()}
+    task = ClientTask(task.ctx, task.indices.to(device))
+    result = train_client(algorithm, replica, train_x, train_y, task, batch_size, broadcast, state, loss_fn)
+    result.state = {k: v.cpu() for k, v in result.state.items()}
+    return result
+
+
+def broadcast_to(b: Broadcast, device: torch.device) -> Broadcast:
+    """The broadcast with its tensors on ``device`` (no copy where they already are)."""
+    return Broadcast(x=b.x.to(device), extra={k: v.to(device) for k, v in b.extra.items()})

@@ -24,7 +24,7 @@ from omegaconf.errors import OmegaConfBaseException
 from fedtorch.algorithms import available_algorithms, get_algorithm
 from fedtorch.algorithms.server_optimizers import SERVER_OPTIMIZERS, make_server_optimizer, server_optimizer_keys
 from fedtorch.data import DATASETS, PARTITIONERS
-from fedtorch.execution import EXECUTORS
+from fedtorch.execution import MODES, SlotError, parse_slots
 from fedtorch.experiment.errors import ConfigError
 from fedtorch.experiment.schema import Config
 from fedtorch.federation.delays import DelayError, DelayModel, read_trace
@@ -207,7 +207,7 @@ def validate(cfg: DictConfig) -> DictConfig:
     _choice("data.dataset", d.dataset, DATASETS)
     _choice("data.partition", d.partition, PARTITIONERS)
     _choice("model.name", cfg.model.name, MODELS)
-    _choice("execution.mode", cfg.execution.mode, EXECUTORS)
+    _choice("execution.mode", cfg.execution.mode, MODES)
     _validate_federation(cfg)  # mode, async clock and delays, stragglers, early stopping
     _choice("federation.weighting", f.weighting, {"samples", "uniform"})
     _choice("logging.progress", cfg.logging.progress, {"auto", "rich", "plain", "none"})
@@ -248,6 +248,7 @@ def validate(cfg: DictConfig) -> DictConfig:
     _require(cfg.checkpoint.every >= 1, "checkpoint.every", cfg.checkpoint.every, "must be >= 1")
     dev = cfg.execution.device
     _require(dev == "cpu" or re.fullmatch(r"cuda(:\d+)?", dev) is not None, "execution.device", dev, "use cpu, cuda or cuda:<index>")
+    _validate_execution(cfg.execution)
     cls, hp = algorithm_hparams(cfg)
     server = resolve_server(cfg.server, cls)
     cfg = cfg.copy()
@@ -288,6 +289,16 @@ def server_hparams(cfg: DictConfig) -> tuple[str, dict[str, Any]]:
     """``(optimizer name, hyper-parameters)`` of a validated config's server section."""
     section = {k: v for k, v in cfg.server.items() if v is not None}
     return section.pop("optimizer"), section
+
+
+def _validate_execution(e: DictConfig) -> None:
+    for key in ("threads", "max_clients_per_step"):
+        _require(e[key] is None or e[key] >= 1, f"execution.{key}", e[key], "must be null or >= 1")
+    if e.devices is not None:
+        try:
+            parse_slots(list(e.devices))
+        except SlotError as err:
+            raise ConfigError(str(err)) from None
 
 
 def clients_per_round(cfg: DictConfig) -> int:

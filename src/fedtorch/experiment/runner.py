@@ -24,7 +24,7 @@ import fedtorch
 from fedtorch.algorithms import LocalSGD, make_server_optimizer
 from fedtorch.data import DataFileError, FederatedData, PartitionError, load_split
 from fedtorch.data.local_split import split_holdout
-from fedtorch.execution import EXECUTORS
+from fedtorch.execution import build_executor
 from fedtorch.experiment.atomic import write_text
 from fedtorch.experiment.async_run import execute_async  # federation.mode=async
 from fedtorch.experiment.checkpoint import load_checkpoint, save_checkpoint
@@ -94,8 +94,11 @@ def prepare(cfg: DictConfig) -> Prepared:
         make_server_optimizer(optimizer, **server_hp),
         FederationInfo(num_clients=len(parts), lr=cfg.client.lr),
     )
-    executor = EXECUTORS[cfg.execution.mode](
-        model_factory, ds.train_x, ds.train_y, cfg.client.batch_size, F.cross_entropy, cfg.execution.device
+    e = cfg.execution
+    executor = build_executor(
+        e.mode, model_factory, ds.train_x, ds.train_y, cfg.client.batch_size, F.cross_entropy, e.device,
+        devices=None if e.devices is None else list(e.devices), threads=e.threads,
+        max_clients_per_step=e.max_clients_per_step,
     )
     m = clients_per_round(cfg)
     if m > cfg.data.num_clients:

@@ -10,7 +10,7 @@ the chosen algorithm's ``Hparams`` dataclass.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 
 @dataclass
@@ -101,8 +101,11 @@ class EvalConfig:
 
 @dataclass
 class ExecutionConfig:
-    mode: str = "serial"  # serial
-    device: str = "cpu"  # cpu | cuda | cuda:<i>
+    mode: str = "serial"  # serial | parallel | vectorized | auto (picks one and prints which and why)
+    device: str = "cpu"  # cpu | cuda | cuda:<i>: data, server and evaluation
+    devices: Optional[List[str]] = None  # parallel worker slots "cpu/<slot>" | "cuda:<gpu>/<slot>"; null: two on `device`
+    threads: Optional[int] = None  # intra-op threads per client; null: all (serial, vectorized), split among CPU slots (parallel)
+    max_clients_per_step: Optional[int] = None  # vectorized: clients trained at once; null: what fits a memory budget
 
 
 @dataclass

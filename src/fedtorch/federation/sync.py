@@ -127,7 +127,7 @@ def run_sync(
         valid = torch.isfinite(messages.delta).all(dim=-1) & torch.isfinite(messages.loss.to(messages.delta.device))
         train_loss = float("nan")
         if valid.any():
-            kept = messages.select(valid)
+            kept = messages if bool(valid.all()) else messages.select(valid)  # no (M, P) copy when all are valid
             weights = aggregation_weights(kept.num_samples, s.weighting)
             server = algorithm.aggregate(server, kept, weights)
             train_loss = float((weights * kept.loss.to(weights.device)).sum())

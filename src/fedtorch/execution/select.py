@@ -1,0 +1,96 @@
+"""Building an executor from ``execution.*`` settings, and ``mode=auto``'s choice.
+
+``auto`` decides from facts about the model and the machine that do not change between
+runs (so the same config always picks the same engine, and results stay reproducible):
+
+1. a device list with two or more slots -> ``parallel`` (the user asked for workers);
+2. the model vectorises and one client step is cheap (fewer than
+   :data:`VECTORIZE_MAX_FLOPS` floating-point operations for forward and backward of one
+   minibatch, counted with ``torch.utils.flop_counter``) -> ``vectorized``: such steps are
+   dominated by per-op overhead, which training C clients per call divides by C;
+3. otherwise, with two or more CPU threads or a GPU -> ``parallel`` on two slots of
+   ``device``: expensive steps keep a worker busy, so workers overlap well;
+4. otherwise ``serial``.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from fedtorch.execution.parallel import ParallelExecutor
+from fedtorch.execution.serial import SerialExecutor
+from fedtorch.execution.slots import parse_slots
+from fedtorch.execution.vectorized import VectorizedExecutor, _vmapped_gradient, vectorization_problem
+from fedtorch.flat import FlatModule
+
+EXECUTORS = {"serial": SerialExecutor, "parallel": ParallelExecutor, "vectorized": VectorizedExecutor}
+MODES = (*EXECUTORS, "auto")
+
+# Measured on a 2-core CPU (docs/performance.md): the vectorised executor is 5-10x faster
+# than serial on logistic regression (0.3 MFLOP per step at B=10), but 1.1-1.7x slower on
+# the 2NN MLP (12 MFLOP at B=10, 38 at B=32) and 2x slower on the FedAvg CNN (2.4 GFLOP
+# at B=32): once a step is compute-bound, the (C, P) tensors of C clients fall out of the
+# caches. Not calibrated on a GPU, where per-op overhead is larger and the crossover higher.
+VECTORIZE_MAX_FLOPS = 5e6
+
+
+def build_executor(mode: str, *args, devices: Sequence[str] | None = None, max_clients_per_step: int | None = None, **kwargs):
+    """The executor for ``execution.mode``; ``auto`` picks one (see the module docstring)
+    and prefixes its ``description`` with the choice and the reason.
+
+    Args:
+        mode: ``serial``, ``parallel``, ``vectorized`` or ``auto``.
+        *args, **kwargs: the executors' common arguments (``model_factory, train_x,
+            train_y, batch_size, loss_fn, device="cpu", threads=None``; see
+            :class:`~fedtorch.execution.base.Executor`).
+        devices: the parallel executor's slots (``auto`` and ``parallel`` only).
+        max_clients_per_step: the vectorised executor's chunk size.
+
+    Raises:
+        ValueError: unknown ``mode`` (message lists the allowed ones).
+        SlotError: bad ``devices``.
+    """
+    reason = None
+    if mode == "auto":
+        mode, reason = choose_mode(*args, devices=devices, **kwargs)
+    if mode not in EXECUTORS:
+        raise ValueError(f"execution.mode: unknown value {mode!r}; allowed: {', '.join(MODES)}")
+    if mode == "parallel":
+        kwargs["devices"] = devices
+    if mode == "vectorized":
+        kwargs["max_clients_per_step"] = max_clients_per_step
+    executor = EXECUTORS[mode](*args, **kwargs)
+    if reason is not None:
+        executor.description = f"auto picked {mode} ({reason}): {executor.description}"
+    return executor
+
+
+def step_flops(replica: FlatModule, x: torch.Tensor, y: torch.Tensor, loss_fn) -> int:
+    """Floating-point operations of one client step (forward and backward of one minibatch)."""
+    with torch.enable_grad(), FlopCounterMode(display=False) as counter:
+        replica.loss_and_grad(x, y, loss_fn)
+    return counter.get_total_flops()
+
+
+def choose_mode(
+    model_factory, train_x, train_y, batch_size: int, loss_fn, device: str = "cpu", *, devices=None, threads=None
+) -> tuple[str, str]:
+    """``(mode, reason)`` for ``execution.mode=auto`` (rules in the module docstring);
+    takes :func:`build_executor`'s arguments (``threads`` does not enter the choice)."""
+    if devices is not None and len(parse_slots(devices)) >= 2:
+        return "parallel", f"{len(devices)} worker slots listed in execution.devices"
+    dev = torch.device(device)
+    replica = FlatModule(model_factory().to(dev))
+    x, y = train_x[:batch_size].to(dev), train_y[:batch_size].to(dev)
+    flops = step_flops(replica, x, y, loss_fn)
+    problem = vectorization_problem(_vmapped_gradient(replica.module, replica.layout, loss_fn), replica, x, y, batch_size, loss_fn)
+    cost = f"{flops / 1e6:.1f} MFLOP per client step"
+    if problem is None and flops < VECTORIZE_MAX_FLOPS:
+        return "vectorized", f"the model vectorises and {cost} < {VECTORIZE_MAX_FLOPS / 1e6:.0f}: per-step overhead dominates"
+    why = problem or f"{cost} >= {VECTORIZE_MAX_FLOPS / 1e6:.0f}: compute dominates"
+    if dev.type == "cuda" or torch.get_num_threads() >= 2:
+        return "parallel", f"{why}; two workers share the {'GPU' if dev.type == 'cuda' else 'CPU cores'}"
+    return "serial", f"{why}; one CPU thread, nothing to run side by side"
