@@ -25,12 +25,13 @@ from fedtorch.execution import EXECUTORS, ParallelExecutor, SerialExecutor, Vect
 from fedtorch.execution.vectorized import padded_minibatches
 from fedtorch.federation import ClientStateStore, SyncSettings, run_sync
 from fedtorch.flat import FlatModule
-from fedtorch.protocol import Broadcast, ClientMessage, ClientTask, RoundContext
+from fedtorch.protocol import Broadcast, FederationInfo, ClientMessage, ClientTask, RoundContext
 from fedtorch.seeding import generator
 
 SIZES = [5, 13, 8, 21, 3, 10]  # B = 4: K_i = 2 * ceil(n_i / 4) = 4, 8, 4, 12, 2, 6
 BATCH = 4
 ROUNDS = 3
+LR = 0.1
 THREADS = 1  # serial and parallel compute each client with the same intra-op threads
 
 
@@ -64,20 +65,23 @@ def executors():
 
 def make_algorithm(name: str):
     cls = get_algorithm(name)
-    return cls(cls.Hparams(), LocalSGD(momentum=0.9, weight_decay=1e-3))
+    return cls(cls.Hparams(), LocalSGD(momentum=0.9, weight_decay=1e-3), federation=FederationInfo(num_clients=len(SIZES), lr=LR))
 
 
-def train(algorithm, executor, rounds: int = ROUNDS):
+def train(algorithm, executor, rounds: int = ROUNDS, **options):
     data = toy_data()
     torch.manual_seed(0)
     x0 = FlatModule(toy_model()).params.clone()
     store = ClientStateStore()
-    settings = SyncSettings(rounds=rounds, clients_per_round=4, batch_size=BATCH, local_epochs=2, lr=0.1, seed=3)
+    settings = SyncSettings(**{"rounds": rounds, "clients_per_round": 4, "batch_size": BATCH, "local_epochs": 2, "lr": LR, "seed": 3, **options})
     server = run_sync(algorithm, executor, data, algorithm.init_server(x0), store, settings)
     return server, store
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Relative distance; integer tensors (counters, versions) must be equal."""
+    if not b.is_floating_point():
+        return 0.0 if torch.equal(a, b) else float("inf")
     return float((a - b).norm() / b.norm().clamp(min=1e-12))
 
 
@@ -101,6 +105,28 @@ def test_executor_matches_serial(executors, algorithm, mode):
     else:
         assert all(torch.equal(a, b) for a, b in pairs)
     assert not torch.equal(server.x, FlatModule(toy_model()).params)  # training moved the model
+
+
+@pytest.mark.parametrize("mode", ["parallel", "vectorized"])
+def test_stragglers_and_early_stopping_match_serial(executors, mode):
+    """Partial work (stragglers keep) and local early stopping go through every executor;
+    the vectorised one trains early-stopping clients one at a time (and warns), so all
+    three give the serial executor's bits."""
+    options = {"local_epochs": 6, "straggler_fraction": 0.5, "straggler_policy": "keep", "early_stopping": 1}
+    reference, _ = train(make_algorithm("fedprox"), executors["serial"], **options)
+    if mode == "vectorized":
+        with pytest.warns(RuntimeWarning, match="early stopping"):
+            server, _ = train(make_algorithm("fedprox"), VectorizedExecutor(toy_model, *executor_data()), **options)
+    else:
+        server, _ = train(make_algorithm("fedprox"), executors[mode], **options)
+    assert torch.equal(server.x, reference.x)
+    unstopped, _ = train(make_algorithm("fedprox"), executors["serial"], **{**options, "early_stopping": 0})
+    assert not torch.equal(unstopped.x, reference.x)  # early stopping did cut some client short
+
+
+def executor_data():
+    data = toy_data().data
+    return data.train_x, data.train_y, BATCH, nn.functional.cross_entropy
 
 
 # ---- vectorised executor: its convention, step by step ----------------------------------

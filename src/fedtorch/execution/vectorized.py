@@ -54,7 +54,7 @@ from torch.func import functional_call, grad_and_value, vmap
 
 from fedtorch.data.federated import minibatch_indices
 from fedtorch.execution.base import Executor
-from fedtorch.execution.local_training import broadcast_to
+from fedtorch.execution.local_training import broadcast_to, train_task
 from fedtorch.execution.serial import SerialExecutor
 from fedtorch.execution.slots import intra_op_threads
 from fedtorch.flat import FlatModule, ParamLayout
@@ -98,6 +98,7 @@ class VectorizedExecutor(Executor):
         self._grad_fns: dict[int, GradFn] = {}
         self.fallback = vectorization_problem(self._eager, self.replica, self.train_x, self.train_y, self.batch_size, self.loss_fn)
         self._serial = None
+        self._warned_early_stopping = False
         if self.fallback is not None:
             warnings.warn(f"vectorized execution: {self.fallback}; falling back to serial execution", RuntimeWarning, stacklevel=2)
             self._serial = SerialExecutor(*args, **kwargs)
@@ -120,6 +121,8 @@ class VectorizedExecutor(Executor):
         """
         if self._serial is not None:
             return self._serial.run(algorithm, broadcast, tasks, states)
+        if any(t.ctx.early_stopping for t in tasks):
+            return self._early_stopping_fallback(algorithm, broadcast, tasks, states)
         bcast = broadcast_to(broadcast, self.device)
         results: list[ClientResult] = []
         with intra_op_threads(self.threads), torch.no_grad():
@@ -129,6 +132,23 @@ class VectorizedExecutor(Executor):
         return results
 
     # ---- internals ------------------------------------------------------------------
+    def _early_stopping_fallback(self, algorithm, broadcast, tasks, states) -> list[ClientResult]:
+        """Early stopping decides per client and per epoch whether to go on; the vectorised
+        step does not implement that, so these tasks run one client at a time on the
+        replica (the serial executor's results) and a warning says so once."""
+        if not self._warned_early_stopping:
+            self._warned_early_stopping = True
+            warnings.warn(
+                "vectorized execution: local early stopping (client.early_stopping > 0) is not vectorised; "
+                "those clients are trained one at a time, as by the serial executor", RuntimeWarning, stacklevel=3,
+            )
+        bcast = broadcast_to(broadcast, self.device)
+        with intra_op_threads(self.threads):
+            return [
+                train_task(algorithm, self.replica, self.train_x, self.train_y, t, self.batch_size, bcast, st, self.loss_fn)
+                for t, st in zip(tasks, states)
+            ]
+
     def _chunk_from_budget(self) -> int:
         if self.device.type == "cuda":
             budget = torch.cuda.mem_get_info(self.device)[0] // 2
