@@ -15,6 +15,9 @@ tensor gathers) do exactly the same SGD steps (same clients, same minibatches). 
 one process, *interleaved round by round* (plain round t, then each engine's round t), so
 load from other processes hits all of them alike; s/round is the median over rounds. The
 first round (tracing, thread start-up) is reported separately as ``first_round_s``.
+``plain-cl`` is the plain loop with its model in channels-last memory format, the layout
+fedtorch's replicas give convolution weights: it shows how much of a speed-up on a CNN is
+that layout and how much the engine.
 ``peak_rss_mib`` is the peak resident memory during that engine's rounds (Linux VmHWM, reset
 before each of its rounds), ``process_peak_rss_mib`` that of the whole process.
 
@@ -41,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from plain_loop import plain_fedavg  # noqa: E402
 
 from fedtorch.execution import build_executor  # noqa: E402
+from fedtorch.flat import ParamLayout  # noqa: E402
 from fedtorch.experiment.config import from_dict, validate  # noqa: E402
 from fedtorch.experiment.runner import Prepared, prepare  # noqa: E402
 from fedtorch.federation import ClientStateStore, run_sync  # noqa: E402
@@ -82,8 +86,9 @@ ENGINES: dict[str, dict] = {
     "parallel-3": {"mode": "parallel", "devices": ["cpu/0", "cpu/1", "cpu/2"], "threads": 1},
     "vectorized-1t": {"mode": "vectorized", "threads": 1},
     "serial-1t": {"mode": "serial", "threads": 1},
+    "plain-cl": {},  # the plain loop with its model in channels-last memory format (a reference, not an engine)
 }
-DEFAULT_ENGINES = {"W1": ["serial", "parallel", "vectorized"], "W2": ["serial", "parallel", "vectorized"],
+DEFAULT_ENGINES = {"W1": ["serial", "parallel", "vectorized"], "W2": ["serial", "parallel", "vectorized", "plain-cl"],
                    "W3": ["serial", "vectorized"]}
 
 
@@ -127,11 +132,14 @@ class _Plain:
 
     description = "plain PyTorch loop (benchmarks/plain_loop.py)"
 
-    def __init__(self, prep: Prepared):
+    def __init__(self, prep: Prepared, channels_last: bool = False):
         ds = prep.data.data
         self.prep = prep
         self.model = build_model(prep.cfg.model.name, ds.input_shape, ds.num_classes)
-        torch.nn.utils.vector_to_parameters(prep.x0.clone(), self.model.parameters())
+        if channels_last:  # what fedtorch's replicas do with convolution weights (fedtorch/flat.py)
+            self.model = self.model.to(memory_format=torch.channels_last)
+            self.description += ", model.to(memory_format=torch.channels_last)"
+        ParamLayout.of(self.model).load(self.model, prep.x0)  # x0 is in fedtorch's flat layout
 
     def round(self, t: int) -> float:
         c, s = self.prep.cfg.client, self.prep.settings
@@ -144,7 +152,7 @@ class _Plain:
         return seconds
 
     def model_vector(self) -> torch.Tensor:
-        return torch.nn.utils.parameters_to_vector(self.model.parameters()).detach()
+        return ParamLayout.of(self.model).flatten(self.model)
 
 
 class _Engine:
@@ -177,7 +185,7 @@ def run_workload(name: str, engines: list[str], rounds: int | None = None) -> di
     setup: dict[str, float] = {"plain": 0.0}
     for engine in engines:
         start = time.perf_counter()
-        runners[engine] = _Engine(prep, build_engine(prep, engine))
+        runners[engine] = _Plain(prep, channels_last=True) if engine == "plain-cl" else _Engine(prep, build_engine(prep, engine))
         setup[engine] = time.perf_counter() - start
     times: dict[str, list[float]] = {k: [] for k in runners}
     peaks: dict[str, float] = {k: 0.0 for k in runners}
@@ -190,7 +198,7 @@ def run_workload(name: str, engines: list[str], rounds: int | None = None) -> di
             times[key].append(runner.round(t))
             peaks[key] = max(peaks[key], _peak_rss_mib())
     ds = prep.data.data
-    evaluator = runners[engines[0]].executor if engines else build_engine(prep, "serial")
+    evaluator = build_engine(prep, "serial")
     plain_s = statistics.median(times["plain"][1:] or times["plain"])
     out = {"workload": name, "rounds": cfg.rounds, "torch_threads": torch.get_num_threads(),
            "load_avg_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],

@@ -24,6 +24,7 @@ from plain_loop import plain_fedavg  # noqa: E402
 
 from fedtorch.experiment.config import load_experiment, validate  # noqa: E402
 from fedtorch.experiment.runner import prepare  # noqa: E402
+from fedtorch.flat import ParamLayout  # noqa: E402
 from fedtorch.federation import ClientStateStore, run_sync  # noqa: E402
 from fedtorch.models import build_model  # noqa: E402
 
@@ -42,7 +43,7 @@ def main() -> None:
     prep = prepare(cfg)
     ds, c = prep.data.data, cfg.client
     plain_model = build_model(cfg.model.name, ds.input_shape, ds.num_classes)
-    torch.nn.utils.vector_to_parameters(prep.x0.clone(), plain_model.parameters())
+    ParamLayout.of(plain_model).load(plain_model, prep.x0)  # x0 is in fedtorch's flat layout
     server, store = prep.algorithm.init_server(prep.x0), ClientStateStore()
 
     plain_t, fed_t = [], []
@@ -57,7 +58,7 @@ def main() -> None:
         server = run_sync(prep.algorithm, prep.executor, prep.data, server, store, settings,
                           on_round=lambda s, rep: fed_t.append(rep.seconds))
     plain_s, fed_s = statistics.median(plain_t), statistics.median(fed_t)
-    diff = (server.x - torch.nn.utils.parameters_to_vector(plain_model.parameters())).abs().max().item()
+    diff = (server.x - ParamLayout.of(plain_model).flatten(plain_model)).abs().max().item()
     out = {
         "workload": "main job (FashionMNIST A0d5C100, CNN, 10 clients/round, 2 epochs)",
         "rounds_measured": len(fed_t),

@@ -124,6 +124,33 @@ def test_stragglers_and_early_stopping_match_serial(executors, mode):
     assert not torch.equal(unstopped.x, reference.x)  # early stopping did cut some client short
 
 
+def conv_model() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(12, 3))
+
+
+def test_convolutional_model_agrees_across_executors():
+    """Convolution weights live channels-last in the flat vector; all three executors
+    read and write that layout alike (serial = parallel bit for bit, vectorised 1e-5)."""
+    data = toy_data().data
+    args = (conv_model, data.train_x, data.train_y, BATCH, nn.functional.cross_entropy)
+    runs = {}
+    parallel, vectorized = ParallelExecutor(*args, devices=["cpu/0", "cpu/1"], threads=THREADS), VectorizedExecutor(*args)
+    assert vectorized.fallback is None  # really vectorised, not the serial fallback
+    try:
+        for name, ex in (("serial", SerialExecutor(*args, threads=THREADS)), ("parallel", parallel), ("vectorized", vectorized)):
+            store = ClientStateStore()
+            torch.manual_seed(0)
+            x0 = FlatModule(conv_model()).params.clone()
+            algo = make_algorithm("fedavg")
+            settings = SyncSettings(rounds=ROUNDS, clients_per_round=4, batch_size=BATCH, local_epochs=2, lr=LR, seed=3)
+            runs[name] = run_sync(algo, ex, toy_data(), algo.init_server(x0), store, settings).x
+    finally:
+        parallel.close()
+    assert torch.equal(runs["parallel"], runs["serial"])
+    assert rel(runs["vectorized"], runs["serial"]) <= 1e-5
+    assert not torch.equal(runs["serial"], x0)
+
+
 def executor_data():
     data = toy_data().data
     return data.train_x, data.train_y, BATCH, nn.functional.cross_entropy

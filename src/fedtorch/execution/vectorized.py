@@ -225,8 +225,6 @@ def _vmapped_gradient(module: nn.Module, layout: ParamLayout, loss_fn) -> GradFn
     Client c's loss is ``sum_b w[c, b] * loss_fn(f(Y[c], x[c, b]), y[c, b]) / max(sum_b
     w[c, b], 1)``: the mean over its real samples (w = 1), 0 for a padded-out client.
     """
-    names = layout.names
-
     def client_loss(params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         per_sample = loss_fn(functional_call(module, params, (x,)), y, reduction="none")
         return (per_sample * w).sum() / w.sum().clamp(min=1)
@@ -235,7 +233,7 @@ def _vmapped_gradient(module: nn.Module, layout: ParamLayout, loss_fn) -> GradFn
 
     def gradient(flat: torch.Tensor, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor):
         grads, loss = per_client(layout.unflatten(flat), x, y, w)
-        return torch.cat([grads[n].reshape(flat.shape[0], -1) for n in names], dim=1), loss
+        return layout.cat(grads), loss
 
     return gradient
 
