@@ -76,3 +76,25 @@ def test_help_lists_keys_and_defaults(capsys):
     assert e.value.code == 0
     for line in ("data.alpha = 0.5", "client.lr = 0.05", "federation.clients_per_round = 10", "seed = 0"):
         assert line in out
+
+
+def test_final_model_loads_into_a_plain_torch_model(capsys, tiny_experiment, runs_dir):
+    """``model.pt`` is an ordinary state_dict (convolution weights back in the usual
+    layout): loaded into the run's model it gives the run's final test accuracy."""
+    import torch
+
+    from fedtorch.data import load_split
+    from fedtorch.models import build_model
+
+    assert run_cli(capsys, "run", tiny_experiment, "rounds=2", "model.name=cnn", "client.lr=0.05")[0] == 0
+    (run_dir,) = run_dirs(runs_dir)
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    state = torch.load(run_dir / "model.pt", weights_only=True)
+    model = build_model("cnn", (1, 28, 28), 10)
+    model.load_state_dict(state)
+    assert all(t.is_contiguous() for t in state.values())
+    ds, _ = load_split(cfg["data"])
+    with torch.no_grad():
+        accuracy = (model(ds.test_x).argmax(1) == ds.test_y).float().mean().item()
+    result = json.loads((run_dir / "result.json").read_text())
+    assert abs(accuracy - result["final_test_accuracy"]) < 1e-6

@@ -14,7 +14,7 @@ from typing import Callable
 
 from fedtorch.experiment.async_outputs import AsyncRecorder, plot_async
 from fedtorch.experiment.atomic import write_text
-from fedtorch.experiment.checkpoint import save_checkpoint
+from fedtorch.experiment.checkpoint import save_checkpoint, save_model
 from fedtorch.experiment.config import clients_per_round, delay_model
 from fedtorch.experiment.errors import ConfigError
 from fedtorch.experiment.plots import plot_run
@@ -78,6 +78,7 @@ def execute_async(prep, run_dir: Path, resume: bool = False, on_row: Callable[[d
         progress.close()
         recorder.close()
     save_checkpoint(run_dir, core.server, store.state_dict())
+    save_model(run_dir, prep.executor.replica.layout, core.server.x)
     title = f"{cfg.algorithm.name} on {cfg.data.dataset}, async"
     plot_run(metrics, run_dir, title=title)
     plot_async(metrics, run_dir, title=title)

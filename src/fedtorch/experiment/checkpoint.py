@@ -12,9 +12,11 @@ from pathlib import Path
 import torch
 
 from fedtorch.experiment.atomic import atomic_path
+from fedtorch.flat import ParamLayout
 from fedtorch.protocol import ServerState
 
 CHECKPOINT_NAME = "checkpoint.pt"
+MODEL_NAME = "model.pt"
 
 
 def save_checkpoint(run_dir: Path, server: ServerState, client_states: dict) -> Path:
@@ -27,6 +29,20 @@ def save_checkpoint(run_dir: Path, server: ServerState, client_states: dict) -> 
     }
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
+    return path
+
+
+def save_model(run_dir: Path, layout: ParamLayout, x: torch.Tensor) -> Path:
+    """Write the global model ``x`` (``(P,)``, fedtorch's flat layout) as a plain
+    ``state_dict`` to ``run_dir/model.pt``, atomically; returns its path.
+
+    Load it with ``model.load_state_dict(torch.load(path))`` into the model the run used
+    (``fedtorch.models.build_model(name, input_shape, num_classes)``).
+    """
+    path = Path(run_dir) / MODEL_NAME
+    state = {name: t.detach().cpu().contiguous().clone() for name, t in layout.unflatten(x).items()}
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
     return path
 
 

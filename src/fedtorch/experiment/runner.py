@@ -27,7 +27,7 @@ from fedtorch.data.local_split import split_holdout
 from fedtorch.execution import build_executor
 from fedtorch.experiment.atomic import write_text
 from fedtorch.experiment.async_run import execute_async  # federation.mode=async
-from fedtorch.experiment.checkpoint import load_checkpoint, save_checkpoint
+from fedtorch.experiment.checkpoint import load_checkpoint, save_checkpoint, save_model
 from fedtorch.experiment.config import algorithm_hparams, clients_per_round, server_hparams
 from fedtorch.experiment.errors import ConfigError
 from fedtorch.experiment.plots import plot_run
@@ -191,13 +191,14 @@ def execute(prep: Prepared, run_dir: Path, resume: bool = False, on_row: Callabl
         return evaluate_clients(prep.algorithm, prep.executor, prep.data, prep.holdout, state, cfg.client.batch_size, cfg.seed)
 
     try:
-        run_sync(
+        server = run_sync(
             prep.algorithm, prep.executor, prep.data, server, store, prep.settings, evaluate, on_round,
             evaluate_each_client if prep.holdout is not None else None,
         )
     finally:
         progress.close()
         recorder.close()
+    save_model(run_dir, prep.executor.replica.layout, server.x)
     metrics = recorder.metrics
     plot_run(metrics, run_dir, title=f"{cfg.algorithm.name} on {cfg.data.dataset}")
     write_selection([(int(c["round"]), int(c["client_id"])) for c in recorder.clients], run_dir, "round")
