@@ -124,7 +124,7 @@ def _report(run_dir: Path, result: dict) -> None:
     print(
         f"done: {result['rounds']} rounds, final test accuracy {acc:.4f}, "
         f"{result['seconds_per_round']:.2f} s/round\nresults in {run_dir} "
-        "(config.yaml, metrics.csv/jsonl, clients.csv, accuracy.png, loss.png, checkpoint.pt, result.json)"
+        "(config.yaml, metrics.csv/jsonl, clients.csv, accuracy.png, loss.png, checkpoint.pt, model.pt, result.json)"
     )
     if result.get("mode") == "async":
         print(f"async: {result['updates']} client updates in {result['simulated_seconds']:.1f} simulated seconds; "
