@@ -87,3 +87,32 @@ def test_sigkill_then_resume_is_bit_identical(capsys, tiny_experiment, runs_dir,
     assert run_cli(capsys, "run", "--resume", run_dir)[0] == 0
     assert torch.equal(final_model(run_dir), final_model(reference))
     assert strip_times(metrics(run_dir)) == strip_times(metrics(reference))
+
+
+def test_resume_refuses_a_checkpoint_with_another_parameter_layout(capsys, tiny_experiment, runs_dir):
+    """A CNN checkpoint whose flat vectors are in the usual (not channels-last) order, as an
+    older fedtorch wrote them, would be misread: --resume stops with exit 2 and says why."""
+    from fedtorch.experiment.config import apply_overrides, load_experiment, validate
+    from fedtorch.experiment.runner import execute, new_run_dir, prepare
+
+    base, folder = load_experiment(tiny_experiment)
+    cfg = validate(apply_overrides(base, ["rounds=3", "model.name=cnn"]))
+    run_dir = new_run_dir(cfg, folder)
+
+    def crash(row):
+        if row["round"] == 2:  # round 1's checkpoint is written
+            raise KeyboardInterrupt
+
+    try:
+        execute(prepare(cfg), run_dir, on_row=crash)
+    except KeyboardInterrupt:
+        pass
+    path = run_dir / "checkpoint.pt"
+    payload = torch.load(path, weights_only=True)
+    assert sum(payload["layout"]["channels_last"]) == 2  # the CNN's two convolution weights
+    del payload["layout"]
+    torch.save(payload, path)
+    code, _, err = run_cli(capsys, "run", "--resume", run_dir)
+    assert code == 2
+    assert "another parameter layout (8 parameters, 0 stored channels-last)" in err
+    assert "(8 parameters, 2 stored channels-last)" in err and "Traceback" not in err

@@ -77,7 +77,7 @@ def execute_async(prep, run_dir: Path, resume: bool = False, on_row: Callable[[d
     finally:
         progress.close()
         recorder.close()
-    save_checkpoint(run_dir, core.server, store.state_dict())
+    save_checkpoint(run_dir, core.server, store.state_dict(), prep.executor.replica.layout)
     save_model(run_dir, prep.executor.replica.layout, core.server.x)
     title = f"{cfg.algorithm.name} on {cfg.data.dataset}, async"
     plot_run(metrics, run_dir, title=title)

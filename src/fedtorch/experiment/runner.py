@@ -164,7 +164,10 @@ def execute(prep: Prepared, run_dir: Path, resume: bool = False, on_row: Callabl
     store = ClientStateStore()
     recorder = Recorder(run_dir, tensorboard=cfg.logging.tensorboard)
     if resume:
-        server, clients = load_checkpoint(run_dir)
+        try:
+            server, clients = load_checkpoint(run_dir, prep.executor.replica.layout)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         server = server.replace(x=server.x.to(prep.x0.device))
         store.load_state_dict(clients)
         recorder.load()
@@ -182,7 +185,7 @@ def execute(prep: Prepared, run_dir: Path, resume: bool = False, on_row: Callabl
         if on_row is not None:
             on_row(row)
         if report.round % cfg.checkpoint.every == 0 or report.round == cfg.rounds:
-            save_checkpoint(run_dir, state, store.state_dict())
+            save_checkpoint(run_dir, state, store.state_dict(), prep.executor.replica.layout)
 
     def evaluate(x):
         return prep.executor.evaluate(x, prep.data.data.test_x, prep.data.data.test_y)
