@@ -1,9 +1,10 @@
 """FedAvg and FedProx rules: exact properties from shared/ALGORITHMS.md."""
 
+import pytest
 import torch
 from torch import nn
 
-from fedtorch.algorithms import LocalSGD, get_algorithm
+from fedtorch.algorithms import LocalSGD, available_algorithms, get_algorithm
 from fedtorch.algorithms.base import FedAlgorithm
 from fedtorch.data import FederatedData, TensorDataset
 from fedtorch.execution import SerialExecutor
@@ -108,3 +109,19 @@ def test_registry_is_case_insensitive_and_lists_algorithms(capsys):
     assert get_algorithm("FedAvg") is get_algorithm("fedavg")
     code, out, _ = run_cli(capsys, "algorithms")
     assert code == 0 and "fedavg" in out and "fedprox" in out and "mu=0.01" in out
+
+
+def test_registering_another_class_under_a_taken_name_is_refused():
+    from fedtorch.algorithms.registry import register
+
+    class Impostor(FedAlgorithm):
+        name = "FedAvg"
+
+    class AliasThief(FedAlgorithm):
+        name = "alias_thief_test"
+        aliases = ("q-ffl",)
+
+    for cls in (Impostor, AliasThief):
+        with pytest.raises(ValueError, match="is already taken by"):
+            register(cls)
+    assert get_algorithm("fedavg").__name__ == "FedAvg" and "alias_thief_test" not in available_algorithms()

@@ -20,13 +20,18 @@ def register(cls: type) -> type:
     name = cls.name.lower()
     for key in (name, *(a.lower() for a in getattr(cls, "aliases", ()))):
         owner = _ALIASES.get(key, key if key in _REGISTRY else None)
-        if owner is not None and _REGISTRY[owner] is not cls and owner != name:
+        if owner is not None and not _same_class(_REGISTRY[owner], cls):
             raise ValueError(f"algorithm name {key!r} of {cls.__name__} is already taken by {owner!r}")
     _REGISTRY[name] = cls
     for alias in getattr(cls, "aliases", ()):
         if alias.lower() != name:
             _ALIASES[alias.lower()] = name
     return cls
+
+
+def _same_class(a: type, b: type) -> bool:
+    """The same class, or the same definition imported again (a module reload)."""
+    return a is b or (a.__module__, a.__qualname__) == (b.__module__, b.__qualname__)
 
 
 def get_algorithm(name: str) -> type:
