@@ -92,6 +92,12 @@ def test_auto_prefers_workers_for_compute_heavy_models_and_listed_slots():
     assert "MFLOP per client step >= 5: compute dominates" in reason
     mode, reason = choose_mode(cnn, x, y, 32, F.cross_entropy, devices=["cpu/0", "cpu/1", "cpu/2"])
     assert (mode, reason) == ("parallel", "3 worker slots listed in execution.devices")
+    one = build_executor("auto", cnn, x, y, 32, F.cross_entropy, devices=["cpu/0"])
+    try:  # one listed slot is the user's choice too, and the description says so
+        assert one.description == "auto picked parallel (1 worker slot listed in execution.devices): parallel on 1 slot(s) [cpu/0], " + (
+            f"{one.threads} intra-op thread(s) each")
+    finally:
+        one.close()
     ex = build_executor("auto", lambda: build_model("logreg", (1, 28, 28), 10), x, y, 8, F.cross_entropy)
     assert ex.name == "vectorized" and ex.description.startswith("auto picked vectorized (")
 

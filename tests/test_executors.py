@@ -330,3 +330,22 @@ def test_no_warnings_for_vectorisable_models():
         warnings.simplefilter("error")
         ex = VectorizedExecutor(toy_model, data.train_x, data.train_y, BATCH, nn.functional.cross_entropy)
     assert ex.fallback is None and ex.max_clients_per_step > 100
+
+
+def test_a_slot_that_cannot_start_is_an_error_not_a_hang(monkeypatch):
+    data = toy_data().data
+    args = (toy_model, data.train_x, data.train_y, BATCH, nn.functional.cross_entropy)
+    with pytest.raises(ValueError, match="execution.threads=0 is not allowed"):
+        ParallelExecutor(*args, devices=["cpu/0", "cpu/1"], threads=0)
+    real = torch.set_num_threads
+
+    def failing(n):
+        if threading.current_thread().name == "fedtorch-slot-cpu/1":
+            raise RuntimeError("no threads for you")
+        real(n)
+
+    monkeypatch.setattr(torch, "set_num_threads", failing)
+    before = threading.active_count()
+    with pytest.raises(RuntimeError, match="slot cpu/1 could not start: no threads for you"):
+        ParallelExecutor(*args, devices=["cpu/0", "cpu/1"], threads=1)
+    assert threading.active_count() == before  # both workers were stopped

@@ -25,6 +25,9 @@ class Executor:
         device: a torch device string, e.g. ``"cpu"`` or ``"cuda:0"``: where the data live,
             messages are returned and evaluation runs.
         threads: intra-op threads while training (default: the caller's count).
+
+    Raises:
+        ValueError: ``threads`` < 1.
     """
 
     name = "base"
@@ -40,6 +43,8 @@ class Executor:
         *,
         threads: int | None = None,
     ):
+        if threads is not None and threads < 1:
+            raise ValueError(f"execution.threads={threads!r} is not allowed: must be null or >= 1")
         self.model_factory = model_factory
         self.device = torch.device(device)
         self.replica = FlatModule(model_factory().to(self.device))

@@ -75,6 +75,11 @@ class ParallelExecutor(Executor):
             w.start()
         for w in self._workers:
             w.ready.wait()
+        failed = next((w for w in self._workers if w.setup_error is not None), None)
+        if failed is not None:
+            _stop(self._jobs, self._workers)
+            torch.set_num_threads(caller_threads)
+            raise RuntimeError(f"parallel execution: slot {failed.slot} could not start: {failed.setup_error}") from failed.setup_error
         # A worker's torch.set_num_threads also set the default of threads started later;
         # put the caller's count back (it sets the caller's own count, unchanged, too).
         torch.set_num_threads(caller_threads)
@@ -149,19 +154,24 @@ class _Worker(threading.Thread):
         self.slot, self.replica, self.train_x, self.train_y = slot, replica, train_x, train_y
         self.threads, self.out_device, self.jobs = threads, out_device, jobs
         self.ready = threading.Event()
+        self.setup_error: BaseException | None = None
         self.stream = None
 
     def run(self) -> None:
-        if self.slot.device.type == "cuda":
-            torch.cuda.set_device(self.slot.device)
-            self.stream = torch.cuda.Stream(self.slot.device)
-        else:
-            # get_num_threads first: torch initialises a thread's count lazily, from the
-            # global default, on its first parallel op; afterwards set_num_threads sets this
-            # thread's OpenMP/MKL count for good (the caller then restores the default).
-            torch.get_num_threads()
-            torch.set_num_threads(self.threads)
-        self.ready.set()
+        try:
+            if self.slot.device.type == "cuda":
+                torch.cuda.set_device(self.slot.device)
+                self.stream = torch.cuda.Stream(self.slot.device)
+            else:
+                # get_num_threads first: torch initialises a thread's count lazily, from the
+                # global default, on its first parallel op; afterwards set_num_threads sets this
+                # thread's OpenMP/MKL count for good (the caller then restores the default).
+                torch.get_num_threads()
+                torch.set_num_threads(self.threads)
+        except BaseException as e:  # the constructor re-raises it; the thread still serves _stop's None
+            self.setup_error = e
+        finally:
+            self.ready.set()
         while True:
             job = self.jobs.get()
             if job is None:

@@ -3,7 +3,8 @@
 ``auto`` decides from facts about the model and the machine that do not change between
 runs (so the same config always picks the same engine, and results stay reproducible):
 
-1. a device list with two or more slots -> ``parallel`` (the user asked for workers);
+1. a device list (``execution.devices``) -> ``parallel`` on those slots (the user asked for
+   workers);
 2. the model vectorises and one client step is cheap (fewer than
    :data:`VECTORIZE_MAX_FLOPS` floating-point operations for forward and backward of one
    minibatch, counted with ``torch.utils.flop_counter``) -> ``vectorized``: such steps are
@@ -23,7 +24,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from fedtorch.execution.parallel import ParallelExecutor
 from fedtorch.execution.serial import SerialExecutor
 from fedtorch.execution.slots import parse_slots
-from fedtorch.execution.vectorized import VectorizedExecutor, _vmapped_gradient, vectorization_problem
+from fedtorch.execution.vectorized import VectorizedExecutor, vectorization_problem
 from fedtorch.flat import FlatModule
 
 EXECUTORS = {"serial": SerialExecutor, "parallel": ParallelExecutor, "vectorized": VectorizedExecutor}
@@ -69,7 +70,9 @@ def build_executor(mode: str, *args, devices: Sequence[str] | None = None, max_c
 
 
 def step_flops(replica: FlatModule, x: torch.Tensor, y: torch.Tensor, loss_fn) -> int:
-    """Floating-point operations of one client step (forward and backward of one minibatch)."""
+    """Floating-point operations of one client step: forward and backward of the minibatch
+    ``x`` (``(B, ...)``), ``y`` (``(B,)``), as ``torch.utils.flop_counter`` counts them
+    (a multiply-add is 2)."""
     with torch.enable_grad(), FlopCounterMode(display=False) as counter:
         replica.loss_and_grad(x, y, loss_fn)
     return counter.get_total_flops()
@@ -79,14 +82,21 @@ def choose_mode(
     model_factory, train_x, train_y, batch_size: int, loss_fn, device: str = "cpu", *, devices=None, threads=None
 ) -> tuple[str, str]:
     """``(mode, reason)`` for ``execution.mode=auto`` (rules in the module docstring);
-    takes :func:`build_executor`'s arguments (``threads`` does not enter the choice)."""
-    if devices is not None and len(parse_slots(devices)) >= 2:
-        return "parallel", f"{len(devices)} worker slots listed in execution.devices"
+    takes :func:`build_executor`'s arguments (``threads`` does not enter the choice).
+
+    Raises:
+        SlotError: bad ``devices``.
+        RuntimeError, ValueError: the model cannot run one minibatch of ``train_x``
+            (e.g. an input shape it does not accept).
+    """
+    if devices is not None:
+        n = len(parse_slots(devices))
+        return "parallel", f"{n} worker slot{'s' if n != 1 else ''} listed in execution.devices"
     dev = torch.device(device)
     replica = FlatModule(model_factory().to(dev))
     x, y = train_x[:batch_size].to(dev), train_y[:batch_size].to(dev)
     flops = step_flops(replica, x, y, loss_fn)
-    problem = vectorization_problem(_vmapped_gradient(replica.module, replica.layout, loss_fn), replica, x, y, batch_size, loss_fn)
+    problem = vectorization_problem(replica, x, y, batch_size, loss_fn)
     cost = f"{flops / 1e6:.1f} MFLOP per client step"
     if problem is None and flops < VECTORIZE_MAX_FLOPS:
         return "vectorized", f"the model vectorises and {cost} < {VECTORIZE_MAX_FLOPS / 1e6:.0f}: per-step overhead dominates"

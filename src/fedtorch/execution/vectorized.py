@@ -96,7 +96,7 @@ class VectorizedExecutor(Executor):
         self.trace = trace
         self._eager = _vmapped_gradient(self.replica.module, self.replica.layout, self.loss_fn)
         self._grad_fns: dict[int, GradFn] = {}
-        self.fallback = vectorization_problem(self._eager, self.replica, self.train_x, self.train_y, self.batch_size, self.loss_fn)
+        self.fallback = vectorization_problem(self.replica, self.train_x, self.train_y, self.batch_size, self.loss_fn, self._eager)
         self._serial = None
         self._warned_early_stopping = False
         if self.fallback is not None:
@@ -275,13 +275,17 @@ def _same(a: tuple[torch.Tensor, ...], b: tuple[torch.Tensor, ...]) -> bool:
     return all(torch.equal(x, y) for x, y in zip(a, b))
 
 
-def vectorization_problem(eager: GradFn, replica: FlatModule, train_x, train_y, batch_size: int, loss_fn) -> str | None:
+def vectorization_problem(replica: FlatModule, train_x, train_y, batch_size: int, loss_fn, eager: GradFn | None = None) -> str | None:
     """Why ``torch.func`` cannot train this model on 2 clients at once, or None if it can.
 
-    Runs the vmapped gradient once on two copies of the current weights and checks it
-    against ``replica.loss_and_grad`` on the same minibatch (a model whose result depends
-    on the batch of clients, e.g. through in-place module state, fails here).
+    Runs the vmapped gradient (``eager``; built from ``replica`` if None) once on two
+    copies of the current weights, on the first ``min(batch_size, 2)`` samples of
+    ``train_x`` (``(N, ...)``) and ``train_y`` (``(N,)``), and checks it against
+    ``replica.loss_and_grad`` on the same minibatch (a model whose result depends on the
+    batch of clients, e.g. through in-place module state, fails here).
     """
+    if eager is None:
+        eager = _vmapped_gradient(replica.module, replica.layout, loss_fn)
     n = min(batch_size, len(train_y), 2)
     x, y = train_x[:n], train_y[:n]
     flat = replica.params.detach().clone().expand(2, -1).contiguous()
