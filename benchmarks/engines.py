@@ -26,6 +26,7 @@ before each of its rounds), ``process_peak_rss_mib`` that of the whole process.
 
 from __future__ import annotations
 
+import dataclasses
 import argparse
 import json
 import os
@@ -166,7 +167,7 @@ class _Engine:
 
     def round(self, t: int) -> float:
         seconds = []
-        settings = type(self.prep.settings)(**{**self.prep.settings.__dict__, "rounds": t + 1})
+        settings = dataclasses.replace(self.prep.settings, rounds=t + 1)
         self.server = run_sync(self.prep.algorithm, self.executor, self.prep.data, self.server, self.store, settings,
                                on_round=lambda s, report: seconds.append(report.seconds))
         return seconds[0]

@@ -11,6 +11,7 @@ the two final models are apart.
 
 from __future__ import annotations
 
+import dataclasses
 import argparse
 import json
 import statistics
@@ -54,7 +55,7 @@ def main() -> None:
             clients_per_round=prep.settings.clients_per_round, batch_size=c.batch_size,
             local_epochs=c.local_epochs, lr=c.lr, momentum=c.momentum, seed=cfg.seed,
         )
-        settings = type(prep.settings)(**{**prep.settings.__dict__, "rounds": start + args.rounds})
+        settings = dataclasses.replace(prep.settings, rounds=start + args.rounds)
         server = run_sync(prep.algorithm, prep.executor, prep.data, server, store, settings,
                           on_round=lambda s, rep: fed_t.append(rep.seconds))
     plain_s, fed_s = statistics.median(plain_t), statistics.median(fed_t)

@@ -3,6 +3,7 @@ determinism properties on the W1 benchmark workload (real Fashion-MNIST)."""
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -118,11 +119,11 @@ def five_rounds(prep, mode: str, **options):
     ds, cfg = prep.data.data, prep.cfg
     executor = build_executor(mode, lambda: build_model("logreg", ds.input_shape, ds.num_classes), ds.train_x, ds.train_y,
                               cfg.client.batch_size, F.cross_entropy, **options)
-    settings = type(prep.settings)(**{**prep.settings.__dict__, "rounds": 5})
+    settings = dataclasses.replace(prep.settings, rounds=5)
     try:
         return run_sync(prep.algorithm, executor, prep.data, prep.algorithm.init_server(prep.x0), ClientStateStore(), settings).x
     finally:
-        getattr(executor, "close", lambda: None)()
+        executor.close()
 
 
 def test_w1_five_rounds_serial_parallel_bit_identical_vectorized_within_1e5(w1):

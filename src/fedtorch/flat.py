@@ -43,6 +43,10 @@ class ParamLayout:
     numel: int
     channels_last: tuple[bool, ...] = ()
 
+    def __post_init__(self):
+        if not self.channels_last:  # a layout built without one stores everything in order
+            object.__setattr__(self, "channels_last", (False,) * len(self.names))
+
     @staticmethod
     def of(module: nn.Module, channels_last: bool = True) -> "ParamLayout":
         """The layout of ``module``'s parameters; with ``channels_last``, the weights of
@@ -53,7 +57,7 @@ class ParamLayout:
             names.append(name)
             shapes.append(p.shape)
             offsets.append(off)
-            order.append(id(p) in conv and p.dim() == 4)
+            order.append(id(p) in conv)
             off += p.numel()
         return ParamLayout(tuple(names), tuple(shapes), tuple(offsets), off, tuple(order))
 
@@ -61,9 +65,8 @@ class ParamLayout:
         """Views of ``flat`` (shape ``(..., P)``) as named tensors (``(..., *shape)``;
         channels-last strides for the parameters stored that way)."""
         lead = flat.shape[:-1]
-        order = self.channels_last or (False,) * len(self.names)
         views = {}
-        for n, s, o, cl in zip(self.names, self.shapes, self.offsets, order):
+        for n, s, o, cl in zip(self.names, self.shapes, self.offsets, self.channels_last):
             chunk = flat[..., o : o + s.numel()]
             views[n] = chunk.view(*lead, s[0], *s[2:], s[1]).movedim(-1, len(lead) + 1) if cl else chunk.view(*lead, *s)
         return views
@@ -71,9 +74,8 @@ class ParamLayout:
     def cat(self, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
         """Inverse of :meth:`unflatten`: named ``(..., *shape)`` tensors (any strides) to
         one new ``(..., P)`` tensor in this layout's element order."""
-        order = self.channels_last or (False,) * len(self.names)
         parts = []
-        for n, s, cl in zip(self.names, self.shapes, order):
+        for n, s, cl in zip(self.names, self.shapes, self.channels_last):
             t = tensors[n]
             lead = t.shape[: t.dim() - len(s)]
             parts.append((t.movedim(-3, -1) if cl else t).reshape(*lead, -1))
@@ -81,16 +83,15 @@ class ParamLayout:
 
     def flatten(self, module: nn.Module) -> torch.Tensor:
         """A new ``(P,)`` vector holding ``module``'s parameters in this layout."""
-        p0 = next(module.parameters())
-        flat = torch.empty(self.numel, dtype=p0.dtype, device=p0.device)
-        views = self.unflatten(flat)
-        with torch.no_grad():
-            for name, p in module.named_parameters():
-                views[name].copy_(p)
-        return flat
+        return self.cat({name: p.detach() for name, p in module.named_parameters()})
 
     def load(self, module: nn.Module, flat: torch.Tensor) -> None:
-        """Copy the ``(P,)`` vector ``flat`` (this layout) into ``module``'s parameters."""
+        """Copy the ``(P,)`` vector ``flat`` (this layout) into ``module``'s parameters.
+
+        Raises:
+            KeyError: ``module`` has a parameter this layout does not name.
+            RuntimeError: a parameter's shape differs from the layout's.
+        """
         views = self.unflatten(flat)
         with torch.no_grad():
             for name, p in module.named_parameters():

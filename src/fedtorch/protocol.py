@@ -206,18 +206,14 @@ class ClientMessage:
         """
         names = [f.name for f in dataclasses.fields(self)]
         count = self.delta.shape[0]
-        out = []
-        for i in range(count):
-            values = {}
-            for name in names:
-                v = getattr(self, name)
-                if name in _SCALAR_FIELDS:
-                    v = v[i].item() if isinstance(v, Tensor) else v
-                    values[name] = float(v) if name == "loss" else int(v)
-                else:
-                    values[name] = v[i]
-            out.append(type(self)(**values))
-        return out
+        columns = {}
+        for name in names:  # one host transfer per scalar field, not one per client
+            v = getattr(self, name)
+            if name in _SCALAR_FIELDS:
+                cast = float if name == "loss" else int
+                v = [cast(a) for a in v.reshape(count).tolist()] if isinstance(v, Tensor) else [cast(v)] * count
+            columns[name] = v
+        return [type(self)(**{name: columns[name][i] for name in names}) for i in range(count)]
 
     def select(self, mask: Tensor) -> "ClientMessage":
         """Rows of a stacked message where ``mask`` (``(M,)`` bool) is true."""

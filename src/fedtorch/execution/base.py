@@ -3,13 +3,16 @@ the local-training settings, and evaluation of a flat model."""
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
 
 from fedtorch.execution.evaluation import evaluate
+from fedtorch.execution.local_training import broadcast_to, train_task
+from fedtorch.execution.slots import intra_op_threads
 from fedtorch.flat import FlatModule
+from fedtorch.protocol import Broadcast, ClientResult, ClientTask, State
 
 
 class Executor:
@@ -54,6 +57,24 @@ class Executor:
         self.loss_fn = loss_fn
         self.threads = threads
         self.description = self.name
+
+    def run_one_by_one(self, algorithm, broadcast: Broadcast, tasks: Sequence[ClientTask], states: Sequence[State]) -> list[ClientResult]:
+        """Local training of ``tasks`` (with their persistent ``states``) in order, one
+        client at a time on :attr:`replica` with :attr:`threads` intra-op threads: the
+        serial executor's ``run``, and the fallback of executors that cannot batch a task.
+
+        Returns:
+            One :class:`ClientResult` per task, in task order; states on the CPU.
+        """
+        bcast = broadcast_to(broadcast, self.device)
+        with intra_op_threads(self.threads):
+            return [
+                train_task(algorithm, self.replica, self.train_x, self.train_y, task, self.batch_size, bcast, state, self.loss_fn)
+                for task, state in zip(tasks, states)
+            ]
+
+    def close(self) -> None:
+        """Release worker threads or other resources (nothing, unless an executor has some)."""
 
     def evaluate(self, x: torch.Tensor, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[float, float]:
         """(mean loss, accuracy in [0, 1]) of the flat model ``x`` (``(P,)``) on a labelled set."""

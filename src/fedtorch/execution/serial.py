@@ -9,8 +9,6 @@ from __future__ import annotations
 from typing import Sequence
 
 from fedtorch.execution.base import Executor
-from fedtorch.execution.local_training import broadcast_to, train_task
-from fedtorch.execution.slots import intra_op_threads
 from fedtorch.protocol import Broadcast, ClientResult, ClientTask, State
 
 
@@ -36,11 +34,4 @@ class SerialExecutor(Executor):
             One :class:`ClientResult` per task, in task order; states come back on the
             CPU (the client-state store keeps them there).
         """
-        bcast = broadcast_to(broadcast, self.device)
-        results = []
-        with intra_op_threads(self.threads):
-            for task, state in zip(tasks, states):
-                results.append(
-                    train_task(algorithm, self.replica, self.train_x, self.train_y, task, self.batch_size, bcast, state, self.loss_fn)
-                )
-        return results
+        return self.run_one_by_one(algorithm, broadcast, tasks, states)

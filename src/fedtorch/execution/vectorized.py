@@ -13,11 +13,12 @@ pass with fewer than B samples is padded; the padding has weight 0 and the loss 
 over the real samples, so the gradient is the serial one.
 
 Masking (clients with fewer steps): step k runs for every client, but client i only takes
-steps k < K_i. At a step where some clients are already done, the executor saves those
-clients' rows of ``run.y`` and of every stacked ``run.buffers`` tensor (leading dimension
-C: momentum and other optimiser scratch) before the hooks run and writes them back after,
-so a finished client's iterate and optimiser state stay exactly where its last step left
-them. Its padded minibatch has weight 0, so its loss (and gradient) is 0 and its mean loss
+steps k < K_i. Clients are sorted by K_i (most first) before chunking, so at step k the
+finished clients are a chunk's last rows; the executor saves those rows of ``run.y`` and of
+every stacked ``run.buffers`` tensor (leading dimension C: momentum and other optimiser
+scratch) before the hooks run and writes them back after (a buffer the hooks create at
+that step gets those rows zeroed), so a finished client's iterate and optimiser state stay
+exactly where its last step left them. Its padded minibatch has weight 0, so its loss (and gradient) is 0 and its mean loss
 is the sum over its own K_i steps divided by K_i. Per-step scratch that must survive
 masking belongs in ``run.buffers``; ``run.state`` is the client's persistent state and is
 read during the steps and replaced by ``finish_local``.
@@ -54,8 +55,7 @@ from torch.func import functional_call, grad_and_value, vmap
 
 from fedtorch.data.federated import minibatch_indices
 from fedtorch.execution.base import Executor
-from fedtorch.execution.local_training import broadcast_to, train_task
-from fedtorch.execution.serial import SerialExecutor
+from fedtorch.execution.local_training import broadcast_to
 from fedtorch.execution.slots import intra_op_threads
 from fedtorch.flat import FlatModule, ParamLayout
 from fedtorch.protocol import Broadcast, ClientResult, ClientTask, LocalRun, RoundContext, State
@@ -97,11 +97,9 @@ class VectorizedExecutor(Executor):
         self._eager = _vmapped_gradient(self.replica.module, self.replica.layout, self.loss_fn)
         self._grad_fns: dict[int, GradFn] = {}
         self.fallback = vectorization_problem(self.replica, self.train_x, self.train_y, self.batch_size, self.loss_fn, self._eager)
-        self._serial = None
         self._warned_early_stopping = False
         if self.fallback is not None:
             warnings.warn(f"vectorized execution: {self.fallback}; falling back to serial execution", RuntimeWarning, stacklevel=2)
-            self._serial = SerialExecutor(*args, **kwargs)
             self.max_clients_per_step = 1
             self.description = f"vectorized -> serial fallback on {self.device} ({self.fallback})"
             return
@@ -119,35 +117,36 @@ class VectorizedExecutor(Executor):
             ValueError: the tasks mix rounds or seeds, or the clients' states have
                 different keys.
         """
-        if self._serial is not None:
-            return self._serial.run(algorithm, broadcast, tasks, states)
+        if self.fallback is not None:
+            return self.run_one_by_one(algorithm, broadcast, tasks, states)
         if any(t.ctx.early_stopping for t in tasks):
-            return self._early_stopping_fallback(algorithm, broadcast, tasks, states)
+            self._warn_early_stopping()
+            return self.run_one_by_one(algorithm, broadcast, tasks, states)
         bcast = broadcast_to(broadcast, self.device)
-        results: list[ClientResult] = []
+        # Most steps first: a chunk holds clients of similar K_i (less padded work) and its
+        # finished clients are always its last rows (masking is a slice, not a gather).
+        order = sorted(range(len(tasks)), key=lambda i: -tasks[i].ctx.num_steps)
+        results: list[ClientResult | None] = [None] * len(tasks)
         with intra_op_threads(self.threads), torch.no_grad():
             step = self.max_clients_per_step
-            for start in range(0, len(tasks), step):
-                results += self._train_chunk(algorithm, bcast, tasks[start : start + step], states[start : start + step])
-        return results
+            for start in range(0, len(order), step):
+                chunk = order[start : start + step]
+                trained = self._train_chunk(algorithm, bcast, [tasks[i] for i in chunk], [states[i] for i in chunk])
+                for i, result in zip(chunk, trained):
+                    results[i] = result
+        return results  # type: ignore[return-value]
 
     # ---- internals ------------------------------------------------------------------
-    def _early_stopping_fallback(self, algorithm, broadcast, tasks, states) -> list[ClientResult]:
+    def _warn_early_stopping(self) -> None:
         """Early stopping decides per client and per epoch whether to go on; the vectorised
-        step does not implement that, so these tasks run one client at a time on the
-        replica (the serial executor's results) and a warning says so once."""
+        step does not implement that, so such tasks run one client at a time (the serial
+        executor's results); say so once."""
         if not self._warned_early_stopping:
             self._warned_early_stopping = True
             warnings.warn(
                 "vectorized execution: local early stopping (client.early_stopping > 0) is not vectorised; "
-                "those clients are trained one at a time, as by the serial executor", RuntimeWarning, stacklevel=3,
+                "those clients are trained one at a time, as by the serial executor", RuntimeWarning, stacklevel=4,
             )
-        bcast = broadcast_to(broadcast, self.device)
-        with intra_op_threads(self.threads):
-            return [
-                train_task(algorithm, self.replica, self.train_x, self.train_y, t, self.batch_size, bcast, st, self.loss_fn)
-                for t, st in zip(tasks, states)
-            ]
 
     def _chunk_from_budget(self) -> int:
         if self.device.type == "cuda":
@@ -173,7 +172,7 @@ class VectorizedExecutor(Executor):
         start = time.perf_counter()
         count, dev = len(tasks), self.device
         ctx = stacked_context(tasks, dev)
-        steps = [t.ctx.num_steps for t in tasks]
+        steps = [t.ctx.num_steps for t in tasks]  # non-increasing (run() sorts)
         steps_dev = ctx.num_steps.view(-1)
         index, weight = padded_minibatches(tasks, self.batch_size, dev)
         y = torch.empty(count, self.replica.layout.numel, dtype=self.replica.params.dtype, device=dev)
@@ -188,16 +187,12 @@ class VectorizedExecutor(Executor):
 
         run.grad_at = grad_at
         loss_sum = torch.zeros(count, device=dev)
-        min_steps = min(steps)
-        for k in range(max(steps, default=0)):
+        fn = self._grad_fn(count, (y, self.train_x[index[0]], self.train_y[index[0]], weight[0])) if steps[0] else None
+        for k in range(steps[0] if steps else 0):
             idx = index[k]
             batch[:] = [self.train_x[idx], self.train_y[idx], weight[k]]
-            if fn is None:
-                fn = self._grad_fn(count, (y, *batch))
-            done = None
-            if k >= min_steps:  # some clients have taken all their steps: freeze them
-                done = steps_dev <= k
-                saved = _save_rows(run, done)
+            active = sum(1 for n in steps if n > k)  # rows active..count-1 have taken all their steps
+            saved = _save_rows(run, active) if active < count else None
             point = algorithm.perturb(run)
             if point is None:
                 g, loss = fn(y, *batch)
@@ -206,14 +201,15 @@ class VectorizedExecutor(Executor):
             algorithm.local_step(run, algorithm.direction(run, g))
             run.step += 1
             loss_sum += loss
-            if done is not None:
-                _restore_rows(run, done, saved)
+            if saved is not None:
+                _restore_rows(run, active, saved)
         mean_loss = (loss_sum / steps_dev.clamp(min=1)).unsqueeze(1)
         message, new_state = algorithm.finish_local(run, mean_loss)
         messages = message.unstack()
         seconds = (time.perf_counter() - start) / count
+        new_state = {key: v.to("cpu") for key, v in new_state.items()}  # one transfer per key
         return [
-            ClientResult(t.ctx.client_id, m, {key: v[i].to("cpu", copy=True) for key, v in new_state.items()}, seconds)
+            ClientResult(t.ctx.client_id, m, {key: v[i].clone() for key, v in new_state.items()}, seconds)
             for i, (t, m) in enumerate(zip(tasks, messages))
         ]
 
@@ -379,15 +375,24 @@ def padded_minibatches(tasks: Sequence[ClientTask], batch_size: int, device: tor
     return index.to(device), weight.to(device)
 
 
-def _save_rows(run: LocalRun, done: torch.Tensor) -> dict[str, torch.Tensor]:
-    saved = {"": run.y[done]}
+def _save_rows(run: LocalRun, first: int) -> dict[str, torch.Tensor]:
+    """Copies of rows ``first:`` (finished clients) of ``run.y`` and of every
+    ``run.buffers`` tensor with a leading client dimension C."""
+    count = run.y.shape[0]
+    saved = {"": run.y[first:].clone()}
     for name, b in run.buffers.items():
-        if b.dim() and b.shape[0] == done.shape[0]:
-            saved[name] = b[done]
+        if b.dim() and b.shape[0] == count:
+            saved[name] = b[first:].clone()
     return saved
 
 
-def _restore_rows(run: LocalRun, done: torch.Tensor, saved: dict[str, torch.Tensor]) -> None:
-    run.y[done] = saved.pop("")
-    for name, rows in saved.items():
-        run.buffers[name][done] = rows
+def _restore_rows(run: LocalRun, first: int, saved: dict[str, torch.Tensor]) -> None:
+    """Put back what :func:`_save_rows` copied; buffers created during the step (absent
+    from ``saved``) get rows ``first:`` zeroed: a finished client never started them."""
+    run.y[first:] = saved.pop("")
+    count = run.y.shape[0]
+    for name, b in run.buffers.items():
+        if name in saved:
+            b[first:] = saved[name]
+        elif b.dim() and b.shape[0] == count:
+            b[first:] = 0
