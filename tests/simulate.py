@@ -45,6 +45,7 @@ def local_training(algorithm, ctx: RoundContext, broadcast, state, grad: Oracle,
     for _ in range(ctx.num_steps):
         point = algorithm.perturb(run)
         loss, g = grad(run.y if point is None else point)
+        run.loss = loss
         algorithm.local_step(run, algorithm.direction(run, g.clone()))
         run.step += 1
         losses.append(float(loss))
@@ -128,6 +129,7 @@ def vectorised_training(algorithm, ctxs: list[RoundContext], broadcast, states: 
     for _ in range(ctxs[0].num_steps):
         point = algorithm.perturb(run)
         loss, g = oracle(run.y if point is None else point)
+        run.loss = loss
         algorithm.local_step(run, algorithm.direction(run, g))
         run.step += 1
         losses += loss

@@ -111,7 +111,7 @@ def test_qffl_message_matches_the_paper_formula():
     algo = make("qffl", q=2.0)
     x = torch.zeros(2, dtype=torch.float64)
     run = LocalRun(RoundContext(0, 0, 0, 1, 1, 0.5), Broadcast(x), {}, x.clone())
-    run.grad_at = lambda point: (torch.tensor(3.0), torch.zeros(2))
+    run.loss = torch.tensor(3.0)  # F_i: the first step's minibatch loss at x^t
     algo.direction(run, torch.zeros(2, dtype=torch.float64))
     run.y.copy_(torch.tensor([-1.0, -2.0]))  # Delta_i = (1, 2), L = 2, Delta' = (2, 4)
     msg, _ = algo.finish_local(run, 0.0)

@@ -13,6 +13,7 @@ see :func:`fedtorch.execution.local_training.train_client`)::
     for each minibatch k = 0 .. K_i - 1:
         point = algorithm.perturb(run)               # None: gradient at y
         loss, g = grad f_i(point or y)               # g: (P,) or (C, P)
+        run.loss = loss                              # the step's minibatch loss
         d = algorithm.direction(run, g)              # corrected gradient
         algorithm.local_step(run, d)                 # y <- y - step(d), in place
         run.step += 1
@@ -237,6 +238,8 @@ class LocalRun:
         buffers: per-round scratch (momentum buffer, previous iterate, ...).
         grad_at: ``point -> (loss, grad)`` on the current minibatch at another point
             (for SAM-type methods); the returned grad is a fresh tensor.
+        loss: the current step's minibatch loss (0-dim, or ``(C,)`` vectorised) at the
+            point its gradient was taken, set by the executor before ``direction``.
     """
 
     ctx: RoundContext
@@ -246,6 +249,7 @@ class LocalRun:
     step: int = 0
     buffers: State = field(default_factory=dict)
     grad_at: Callable[[Tensor], tuple[Tensor, Tensor]] | None = None
+    loss: Tensor | None = None
 
 
 class Algorithm(Protocol):

@@ -16,8 +16,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+import torch
 from torch import Tensor
 
+from fedtorch.algorithms.hparams import check  # noqa: F401  (algorithms import it from here)
 from fedtorch.algorithms.server_optimizers import ServerOptimizer, make_server_optimizer
 from fedtorch.protocol import Broadcast, ClientMessage, FederationInfo, LocalRun, Personalization, ServerState, State
 
@@ -38,15 +40,6 @@ class LocalSGD:
 @dataclass(frozen=True, kw_only=True)
 class NoHparams:
     """Hyper-parameters of an algorithm that has none beyond the shared ones."""
-
-
-def check(ok: bool, key: str, value, rule: str) -> None:
-    """Raise ``ValueError("algorithm.<key>=<value> is not allowed: <rule>")`` unless ``ok``.
-
-    ``Hparams.__post_init__`` uses it; the config layer turns the error into a ConfigError.
-    """
-    if not ok:
-        raise ValueError(f"algorithm.{key}={value!r} is not allowed: {rule}")
 
 
 class FedAlgorithm:
@@ -215,6 +208,20 @@ def uniform_mean(stacked: Tensor) -> Tensor:
 def norm(t: Tensor) -> Tensor:
     """Euclidean norm over the flat parameter vector: ``(P,) -> (1,)``, ``(C, P) -> (C, 1)``."""
     return t.norm(dim=-1, keepdim=True)
+
+
+def along(v: Tensor, radius: float) -> Tensor:
+    """``radius * v / ||v||`` over the last dimension (``(P,)`` or ``(C, P)``); 0 where
+    ``||v|| = 0``: a step of length ``radius`` in v's direction (SAM's perturbation,
+    Foret et al. 2021, Eq. 2)."""
+    n = norm(v)
+    return torch.where(n > 0, v / n.clamp(min=torch.finfo(v.dtype).tiny) * radius, torch.zeros_like(v))
+
+
+def proximal(g: Tensor, y: Tensor, center: Tensor, mu: float) -> Tensor:
+    """``g + mu (y - center)``: the gradient of ``f + (mu/2) ||y - center||^2`` (FedProx,
+    Li et al. 2020, Eq. 2); shapes broadcast (``(P,)`` or ``(C, P)``)."""
+    return g.add(y - center, alpha=mu)
 
 
 def local_work(run: LocalRun) -> Tensor | float:

@@ -19,8 +19,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from fedtorch.algorithms.base import FedAlgorithm, check
-from fedtorch.algorithms.fedprox import proximal
+from fedtorch.algorithms.base import FedAlgorithm, check, proximal
 from fedtorch.algorithms.registry import register
 from fedtorch.protocol import ClientMessage, LocalRun, State
 

@@ -21,8 +21,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from fedtorch.algorithms.base import FedAlgorithm, weighted_mean
-from fedtorch.algorithms.fedprox import proximal
+from fedtorch.algorithms.base import FedAlgorithm, check, proximal, weighted_mean
 from fedtorch.algorithms.registry import register
 from fedtorch.algorithms.staleness import check_staleness_hparams, staleness_weight
 from fedtorch.protocol import ClientMessage, LocalRun, ServerState
@@ -45,10 +44,8 @@ class FedAsyncHparams:
     rho: float = 0.0
 
     def __post_init__(self):
-        if not 0 < self.alpha <= 1:
-            raise ValueError(f"algorithm.alpha={self.alpha!r} is not allowed: must be in (0, 1]")
-        if self.rho < 0:
-            raise ValueError(f"algorithm.rho={self.rho!r} is not allowed: must be >= 0")
+        check(0 < self.alpha <= 1, "alpha", self.alpha, "must be in (0, 1]")
+        check(self.rho >= 0, "rho", self.rho, "must be >= 0")
         check_staleness_hparams(self.staleness, self.staleness_a, self.staleness_b)
 
 

@@ -24,10 +24,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from fedtorch.algorithms.base import FedAlgorithm
+from fedtorch.algorithms.base import FedAlgorithm, check
 from fedtorch.algorithms.registry import register
 from fedtorch.algorithms.staleness import check_staleness_hparams, staleness_weight
-from fedtorch.protocol import ClientMessage, ServerState
+from fedtorch.protocol import ClientMessage, ServerState, State
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -45,8 +45,7 @@ class FedBuffHparams:
     staleness_b: float = 4.0
 
     def __post_init__(self):
-        if self.buffer_size < 1:
-            raise ValueError(f"algorithm.buffer_size={self.buffer_size!r} is not allowed: must be >= 1")
+        check(self.buffer_size >= 1, "buffer_size", self.buffer_size, "must be >= 1")
         check_staleness_hparams(self.staleness, self.staleness_a, self.staleness_b)
 
 
@@ -56,10 +55,9 @@ class FedBuff(FedAlgorithm):
     paper = "Nguyen et al., AISTATS 2022, Federated Learning with Buffered Asynchronous Aggregation"
     Hparams = FedBuffHparams
 
-    def init_server(self, x0: Tensor) -> ServerState:
-        """Adds an empty buffer: ``buffer`` ``(P,)`` zeros and ``count`` (0-dim int64) 0."""
-        server = super().init_server(x0)
-        return server.replace(extra={**server.extra, **_empty_buffer(x0)})
+    def init_extra(self, x0: Tensor) -> State:
+        """An empty buffer: ``buffer`` ``(P,)`` zeros and ``count`` (0-dim int64) 0."""
+        return _empty_buffer(x0)
 
     def apply_async(self, server: ServerState, message: ClientMessage, staleness: int) -> ServerState:
         """Buffer s(staleness) Delta_i / K; on the K-th update step the server optimiser."""

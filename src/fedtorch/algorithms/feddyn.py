@@ -22,9 +22,8 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from fedtorch.algorithms.base import FedAlgorithm, check, uniform_mean
+from fedtorch.algorithms.base import FedAlgorithm, check, proximal, uniform_mean
 from fedtorch.algorithms.registry import register
-from fedtorch.algorithms.fedprox import proximal
 from fedtorch.protocol import ClientMessage, LocalRun, ServerState, State
 
 

@@ -16,10 +16,9 @@ P-vector per client. Default rho = 0.01 (seed).
 
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor
 
-from fedtorch.algorithms.base import FedAlgorithm, check, norm, per_client
+from fedtorch.algorithms.base import FedAlgorithm, along, check, per_client
 from fedtorch.algorithms.registry import register
 from fedtorch.protocol import ClientMessage, LocalRun, State
 
@@ -34,12 +33,6 @@ class FedLESAMHparams:
 
     def __post_init__(self):
         check(self.rho >= 0, "rho", self.rho, "must be >= 0")
-
-
-def along(v: Tensor, radius: float) -> Tensor:
-    """radius * v / ||v|| over the last dimension; 0 where ||v|| = 0."""
-    n = norm(v)
-    return torch.where(n > 0, v / n.clamp(min=torch.finfo(v.dtype).tiny) * radius, torch.zeros_like(v))
 
 
 @register

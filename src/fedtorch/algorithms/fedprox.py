@@ -14,14 +14,9 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from fedtorch.algorithms.base import FedAlgorithm, check
+from fedtorch.algorithms.base import FedAlgorithm, check, proximal
 from fedtorch.algorithms.registry import register
 from fedtorch.protocol import LocalRun
-
-
-def proximal(g: Tensor, y: Tensor, center: Tensor, mu: float) -> Tensor:
-    """g + mu (y - center): the gradient of f + (mu/2)||y - center||^2 (shapes broadcast)."""
-    return g.add(y - center, alpha=mu)
 
 
 @dataclass(frozen=True, kw_only=True)

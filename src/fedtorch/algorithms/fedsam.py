@@ -14,8 +14,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from fedtorch.algorithms.base import FedAlgorithm, check
-from fedtorch.algorithms.fedlesam import along
+from fedtorch.algorithms.base import FedAlgorithm, along, check
 from fedtorch.algorithms.registry import register
 from fedtorch.protocol import LocalRun
 

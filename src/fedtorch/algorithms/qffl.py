@@ -57,10 +57,10 @@ class QFFL(FedAlgorithm):
     Hparams = QFFLHparams
 
     def direction(self, run: LocalRun, g: Tensor) -> Tensor:
-        """FedAvg's direction; at k = 0 also records F_i, the loss at x^t."""
+        """FedAvg's direction; at k = 0 also records F_i, the first minibatch's loss at
+        x^t (the step's own loss: no extra forward pass)."""
         if run.step == 0:
-            loss, _ = run.grad_at(run.y)
-            run.buffers["F"] = loss.detach().reshape(run.y.shape[:-1] + (1,)).to(run.y.dtype)
+            run.buffers["F"] = run.loss.detach().reshape(run.y.shape[:-1] + (1,)).to(run.y.dtype)
         return g
 
     def finish_local(self, run: LocalRun, loss: float) -> tuple[ClientMessage, State]:

@@ -32,17 +32,13 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
+from fedtorch.algorithms.hparams import check
 from fedtorch.protocol import State
 
 
 class ServerOptimizer(Protocol):
     def init(self, x: Tensor) -> State: ...
     def step(self, x: Tensor, delta: Tensor, state: State) -> tuple[Tensor, State]: ...
-
-
-def _check(ok: bool, key: str, value, rule: str) -> None:
-    if not ok:
-        raise ValueError(f"server.{key}={value!r} is not allowed: {rule}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -64,8 +60,8 @@ class ServerSGD:
     momentum: float = 0.0
 
     def __post_init__(self):
-        _check(self.lr > 0, "lr", self.lr, "must be > 0")
-        _check(0 <= self.momentum < 1, "momentum", self.momentum, "must be in [0, 1)")
+        check(self.lr > 0, "lr", self.lr, "must be > 0", section="server")
+        check(0 <= self.momentum < 1, "momentum", self.momentum, "must be in [0, 1)", section="server")
 
     def init(self, x: Tensor) -> State:
         return {"momentum": x.new_zeros(x.shape)} if self.momentum else {}
@@ -95,12 +91,12 @@ class ServerAdagrad:
     tau: float = 1e-3
 
     def __post_init__(self):
-        _check(self.lr > 0, "lr", self.lr, "must be > 0")
-        _check(self.tau > 0, "tau", self.tau, "must be > 0")
+        check(self.lr > 0, "lr", self.lr, "must be > 0", section="server")
+        check(self.tau > 0, "tau", self.tau, "must be > 0", section="server")
         for f in dataclasses.fields(self):
             if f.name.startswith("beta"):
                 v = getattr(self, f.name)
-                _check(0 <= v < 1, f.name, v, "must be in [0, 1)")
+                check(0 <= v < 1, f.name, v, "must be in [0, 1)", section="server")
 
     def init(self, x: Tensor) -> State:
         return {"m": x.new_zeros(x.shape), "v": torch.full_like(x, self.tau**2)}

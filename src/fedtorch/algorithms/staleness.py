@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from typing import Callable
 
+from fedtorch.algorithms.hparams import check
+
 
 def constant(tau: int, a: float = 0.0, b: float = 0.0) -> float:
     """s(tau) = 1: no discount for stale updates (``a``, ``b`` unused)."""
@@ -59,8 +61,6 @@ def check_staleness_hparams(name: str, a: float, b: float) -> None:
     Raises:
         ValueError: ``algorithm.staleness`` unknown, or ``staleness_a`` / ``staleness_b`` < 0.
     """
-    if name not in STALENESS:
-        raise ValueError(f"algorithm.staleness={name!r} is not allowed: use one of {', '.join(sorted(STALENESS))}")
+    check(name in STALENESS, "staleness", name, f"use one of {', '.join(sorted(STALENESS))}")
     for key, value in (("staleness_a", a), ("staleness_b", b)):
-        if value < 0:
-            raise ValueError(f"algorithm.{key}={value!r} is not allowed: must be >= 0")
+        check(value >= 0, key, value, "must be >= 0")

@@ -102,6 +102,7 @@ def train_client(
             loss, g = replica.loss_and_grad(train_x[idx], train_y[idx], loss_fn)
         else:
             loss, g = grad_at(point)
+        run.loss = loss
         algorithm.local_step(run, algorithm.direction(run, g))
         run.step += 1
         loss_sum += loss

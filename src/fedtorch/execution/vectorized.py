@@ -198,6 +198,7 @@ class VectorizedExecutor(Executor):
                 g, loss = fn(y, *batch)
             else:
                 loss, g = grad_at(point)
+            run.loss = loss
             algorithm.local_step(run, algorithm.direction(run, g))
             run.step += 1
             loss_sum += loss
