@@ -47,6 +47,7 @@ class DualProx(FedAlgorithm):
     state_vectors = 1
 
     def init_client(self, x0: Tensor) -> State:
+        """The client's last local model y_i: ``(P,)``, x^t at first participation."""
         return {"y": x0.clone()}
 
     def init_local(self, run: LocalRun) -> Tensor:

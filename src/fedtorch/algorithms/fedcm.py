@@ -50,9 +50,11 @@ class FedCM(FedAlgorithm):
     needs_federation = True
 
     def init_extra(self, x0: Tensor) -> State:
+        """Dbar, the last round's average client direction: ``(P,)`` zeros."""
         return {"dbar": x0.new_zeros(x0.shape)}
 
     def broadcast(self, server: ServerState) -> Broadcast:
+        """x^t and Dbar^{t-1} (``(P,)`` each)."""
         return Broadcast(x=server.x, extra={"dbar": server.extra["dbar"]})
 
     def direction(self, run: LocalRun, g: Tensor) -> Tensor:
@@ -61,6 +63,6 @@ class FedCM(FedAlgorithm):
 
     def server_delta(self, server: ServerState, messages: ClientMessage, weights: Tensor) -> tuple[Tensor, State]:
         """Delta = sum p_i Delta_i; Dbar = sum p_i Delta_i / (K_i eta_l) for next round."""
-        steps = messages.num_steps.to(messages.delta).reshape(-1, 1)
-        dbar = weighted_mean(messages.delta / (steps * self.federation.lr), weights)
+        steps = messages.num_steps.to(weights)
+        dbar = weighted_mean(messages.delta, weights / (steps * self.federation.lr))
         return weighted_mean(messages.delta, weights), {"dbar": dbar}

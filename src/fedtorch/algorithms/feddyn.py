@@ -48,9 +48,11 @@ class FedDyn(FedAlgorithm):
     needs_federation = True
 
     def init_extra(self, x0: Tensor) -> State:
+        """The server state h: ``(P,)`` zeros."""
         return {"h": x0.new_zeros(x0.shape)}
 
     def init_client(self, x0: Tensor) -> State:
+        """The client's gradient state grad L_i (the linear term): ``(P,)`` zeros."""
         return {"grad": x0.new_zeros(x0.shape)}
 
     def direction(self, run: LocalRun, g: Tensor) -> Tensor:

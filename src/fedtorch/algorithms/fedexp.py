@@ -17,6 +17,7 @@ the last two global iterates; ``eval_average_last_two=true`` evaluates
 
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
 
 from fedtorch.algorithms.base import FedAlgorithm, check, uniform_mean
@@ -38,14 +39,17 @@ class FedExPHparams:
         check(self.eps >= 0, "eps", self.eps, "must be >= 0")
 
 
-def extrapolation(deltas: Tensor, eps: float) -> Tensor:
-    """eta_g = max(1, sum_i ||Delta_i||^2 / (2 M (||mean Delta||^2 + eps))), a 0-d tensor.
+def extrapolation(deltas: Tensor, eps: float, mean: Tensor | None = None) -> Tensor:
+    """eta_g = max(1, sum_i ||Delta_i||^2 / (2 M (||mean Delta||^2 + eps))), a 0-d tensor
+    (Jhunjhunwala et al. 2023, Algorithm 1).
 
     Args:
         deltas: ``(M, P)`` client updates.
+        eps: the paper's epsilon (>= 0).
+        mean: ``(P,)`` their uniform mean, if already computed.
     """
-    mean = uniform_mean(deltas)
-    ratio = deltas.square().sum() / (2 * deltas.shape[0] * (mean.square().sum() + eps))
+    mean = uniform_mean(deltas) if mean is None else mean
+    ratio = torch.linalg.vector_norm(deltas).square() / (2 * deltas.shape[0] * (mean.square().sum() + eps))
     return ratio.clamp(min=1.0)
 
 
@@ -58,7 +62,8 @@ class FedExP(FedAlgorithm):
     def server_delta(self, server: ServerState, messages: ClientMessage, weights: Tensor) -> tuple[Tensor, State]:
         """eta_g^t * (1/M) sum_i Delta_i; keeps x^t for the two-iterate average."""
         extra = {"prev_x": server.x} if self.hp.eval_average_last_two and server.round > 0 else {}
-        return extrapolation(messages.delta, self.hp.eps) * uniform_mean(messages.delta), extra
+        mean = uniform_mean(messages.delta)
+        return extrapolation(messages.delta, self.hp.eps, mean) * mean, extra
 
     def eval_model(self, server: ServerState) -> Tensor:
         """(x^{t+1} + x^t) / 2 with ``eval_average_last_two`` (after round 1), else x^{t+1}."""

@@ -43,9 +43,12 @@ class FedGM(FedAlgorithm):
     Hparams = FedGMHparams
 
     def init_extra(self, x0: Tensor) -> State:
+        """The server momentum buffer d: ``(P,)`` zeros."""
         return {"d": x0.new_zeros(x0.shape)}
 
     def server_delta(self, server: ServerState, messages: ClientMessage, weights: Tensor) -> tuple[Tensor, State]:
+        """d^{t+1} = (1 - beta) Delta + beta d^t; pseudo-gradient (1 - nu) Delta + nu d^{t+1}
+        (the module docstring's rule; ``(P,)``)."""
         delta = weighted_mean(messages.delta, weights)
         d = (1 - self.hp.beta) * delta + self.hp.beta * server.extra["d"]
         return (1 - self.hp.nu) * delta + self.hp.nu * d, {"d": d}

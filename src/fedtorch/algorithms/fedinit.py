@@ -43,6 +43,7 @@ class FedInit(FedAlgorithm):
     state_vectors = 1
 
     def init_client(self, x0: Tensor) -> State:
+        """The client's last local model z_i: ``(P,)``, x^t at first participation."""
         return {"z": x0.clone()}
 
     def init_local(self, run: LocalRun) -> Tensor:

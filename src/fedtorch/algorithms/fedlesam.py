@@ -43,6 +43,7 @@ class FedLESAM(FedAlgorithm):
     state_vectors = 1
 
     def init_client(self, x0: Tensor) -> State:
+        """The global model this client last saw: ``(P,)``, x^t at first participation."""
         return {"x_old": x0.clone()}
 
     def init_local(self, run: LocalRun) -> Tensor:

@@ -36,7 +36,8 @@ class FedNova(FedAlgorithm):
     paper = "Wang et al., NeurIPS 2020, Tackling the Objective Inconsistency Problem in Heterogeneous Federated Optimization"
 
     def server_delta(self, server: ServerState, messages: ClientMessage, weights: Tensor) -> tuple[Tensor, State]:
+        """tau_eff sum_i p_i Delta_i / a_i (Eq. 6-7; the 1/a_i folded into the ``(M,)``
+        weights, so no ``(M, P)`` temporary beyond the weighted sum)."""
         a = effective_steps(messages.num_steps, self.local.momentum).to(weights.device)
         tau_eff = (weights * a).sum()
-        d = messages.delta / a.to(messages.delta).unsqueeze(-1)
-        return tau_eff.to(d) * weighted_mean(d, weights), server.extra
+        return tau_eff.to(messages.delta) * weighted_mean(messages.delta, weights / a), server.extra

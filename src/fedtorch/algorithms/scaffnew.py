@@ -67,6 +67,7 @@ class Scaffnew(FedAlgorithm):
         return 1 + int(math.log1p(-u) / math.log1p(-self.hp.p))
 
     def init_client(self, x0: Tensor) -> State:
+        """The client's control variate h_i: ``(P,)`` zeros."""
         return {"h": x0.new_zeros(x0.shape)}
 
     def direction(self, run: LocalRun, g: Tensor) -> Tensor:

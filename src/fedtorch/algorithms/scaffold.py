@@ -46,17 +46,25 @@ class Scaffold(FedAlgorithm):
     needs_federation = True
 
     def init_extra(self, x0: Tensor) -> State:
+        """The server control variate c: ``(P,)`` zeros."""
         return {"c": x0.new_zeros(x0.shape)}
 
     def init_client(self, x0: Tensor) -> State:
+        """The client control variate c_i: ``(P,)`` zeros."""
         return {"c": x0.new_zeros(x0.shape)}
 
     def broadcast(self, server: ServerState) -> Broadcast:
+        """x^t and c (``(P,)`` each)."""
         return Broadcast(x=server.x, extra={"c": server.extra["c"]})
 
+    def init_local(self, run: LocalRun) -> Tensor:
+        """y_0 = x^t; the correction c - c_i (``(P,)`` or ``(C, P)``) is formed once per round."""
+        run.buffers["correction"] = run.broadcast.extra["c"] - run.state["c"]
+        return super().init_local(run)
+
     def direction(self, run: LocalRun, g: Tensor) -> Tensor:
-        """d = g - c_i + c."""
-        return g - run.state["c"] + run.broadcast.extra["c"]
+        """d = g - c_i + c (Algorithm 1, the local update)."""
+        return g + run.buffers["correction"]
 
     def finish_local(self, run: LocalRun, loss: float) -> tuple[ClientMessage, State]:
         """c_i^+ = c_i - c + Delta_i / (K_i eta_l); sends (Delta_i, c_i^+ - c_i)."""

@@ -37,8 +37,16 @@ from fedtorch.protocol import State
 
 
 class ServerOptimizer(Protocol):
-    def init(self, x: Tensor) -> State: ...
-    def step(self, x: Tensor, delta: Tensor, state: State) -> tuple[Tensor, State]: ...
+    """A server optimiser: pseudo-gradient in, new global model out."""
+
+    def init(self, x: Tensor) -> State:
+        """Its state for the initial model ``x`` (``(P,)``): buffers of shape ``(P,)``."""
+        ...
+
+    def step(self, x: Tensor, delta: Tensor, state: State) -> tuple[Tensor, State]:
+        """``(x^{t+1}, state^{t+1})`` from x^t and the pseudo-gradient Delta (``(P,)``
+        each; x^{t+1} = x^t - lr Delta for plain SGD)."""
+        ...
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -64,9 +72,12 @@ class ServerSGD:
         check(0 <= self.momentum < 1, "momentum", self.momentum, "must be in [0, 1)", section="server")
 
     def init(self, x: Tensor) -> State:
+        """The momentum buffer v (``(P,)`` zeros), none without momentum."""
         return {"momentum": x.new_zeros(x.shape)} if self.momentum else {}
 
     def step(self, x: Tensor, delta: Tensor, state: State) -> tuple[Tensor, State]:
+        """v = momentum v + Delta; x^{t+1} = x^t - lr v (heavy ball; Hsu et al. 2019's
+        FedAvgM), or x^t - lr Delta without momentum."""
         if self.momentum:
             v = self.momentum * state["momentum"] + delta
             return x - self.lr * v, {"momentum": v}
@@ -99,6 +110,7 @@ class ServerAdagrad:
                 check(0 <= v < 1, f.name, v, "must be in [0, 1)", section="server")
 
     def init(self, x: Tensor) -> State:
+        """m^{-1} = 0 and v^{-1} = tau^2 (``(P,)`` each), as in Reddi et al. 2021, Alg. 2."""
         return {"m": x.new_zeros(x.shape), "v": torch.full_like(x, self.tau**2)}
 
     def second_moment(self, v: Tensor, delta_sq: Tensor) -> Tensor:
@@ -106,6 +118,8 @@ class ServerAdagrad:
         return v + delta_sq
 
     def step(self, x: Tensor, delta: Tensor, state: State) -> tuple[Tensor, State]:
+        """m = beta1 m + (1 - beta1)(-Delta); v = :meth:`second_moment`;
+        x^{t+1} = x^t + lr m / (sqrt(v) + tau) (Reddi et al. 2021, Alg. 2)."""
         m = self.beta1 * state["m"] - (1 - self.beta1) * delta
         v = self.second_moment(state["v"], delta * delta)
         return x + self.lr * m / (v.sqrt() + self.tau), {"m": m, "v": v}
@@ -122,6 +136,7 @@ class ServerAdam(ServerAdagrad):
     beta2: float = 0.99
 
     def second_moment(self, v: Tensor, delta_sq: Tensor) -> Tensor:
+        """v^{t+1} = beta2 v^t + (1 - beta2) Delta^2."""
         return self.beta2 * v + (1 - self.beta2) * delta_sq
 
 
@@ -130,6 +145,7 @@ class ServerYogi(ServerAdam):
     """FedYogi's server rule: v^{t+1} = v^t - (1 - beta2) Delta^2 sign(v^t - Delta^2)."""
 
     def second_moment(self, v: Tensor, delta_sq: Tensor) -> Tensor:
+        """v^{t+1} = v^t - (1 - beta2) Delta^2 sign(v^t - Delta^2)."""
         return v - (1 - self.beta2) * delta_sq * torch.sign(v - delta_sq)
 
 
