@@ -256,7 +256,13 @@ class Algorithm(Protocol):
     """An FL algorithm: client hooks plus a server rule, as pure-ish tensor functions.
 
     An algorithm never loops over clients and never touches devices, threads or files.
-    ``fedtorch.algorithms.base.FedAlgorithm`` gives the FedAvg defaults of every hook.
+    ``fedtorch.algorithms.base.FedAlgorithm`` gives the FedAvg defaults of every hook and
+    documents each one (shapes, when it is called). ``num_local_steps``,
+    ``after_aggregate``, ``eval_model`` and ``personalization`` may be left out by an
+    object that is not a ``FedAlgorithm``: the federation loops then use K_i from the
+    schedule, keep client states unchanged, evaluate ``server.x`` and skip
+    personalisation. ``apply_async`` (FedAsync, Xie et al. 2019; FedBuff, Nguyen et al.
+    2022) is needed only by ``federation.mode=async``.
     """
 
     name: str

@@ -119,7 +119,15 @@ def train_task(
 ) -> ClientResult:
     """:func:`train_client` with the task's indices and the state moved to the replica's
     device (``broadcast`` and the data must already be there); the new state comes back on
-    the CPU, where the client-state store keeps it."""
+    the CPU, where the client-state store keeps it.
+
+    Args: as :func:`train_client` (``train_x`` ``(N, ...)``, ``train_y`` ``(N,)`` on the
+    replica's device; ``task.indices`` ``(n_i,)`` int64 on any device).
+
+    Returns:
+        The :class:`ClientResult`: message on the replica's device, state on the CPU,
+        ``seconds`` of wall time.
+    """
     device = replica.params.device
     state = {k: v.to(device) for k, v in state.items()}
     task = ClientTask(task.ctx, task.indices.to(device))

@@ -61,6 +61,9 @@ from fedtorch.flat import FlatModule, ParamLayout
 from fedtorch.protocol import Broadcast, ClientResult, ClientTask, LocalRun, RoundContext, State
 from fedtorch.seeding import generator
 
+# Default chunk: how much memory the C clients of one step may take on the CPU (bytes), and
+# how many (P,) vectors each client holds (iterate, gradient, direction, optimiser buffers,
+# message), on top of the activations its minibatch saves for backward.
 CPU_BUDGET_BYTES = 1 << 30
 VECTORS_PER_CLIENT = 8
 # Chunks whose (C, P) iterate is about 8 MiB (at least 16 clients) ran fastest on a 2-core
@@ -68,6 +71,7 @@ VECTORS_PER_CLIENT = 8
 CHUNK_ITERATE_BYTES = 8 << 20
 MIN_CHUNK = 16
 
+# (Y (C, P), x (C, B, ...), y (C, B), w (C, B)) -> (grad (C, P), loss (C,))
 GradFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
@@ -300,7 +304,8 @@ def vectorization_problem(replica: FlatModule, train_x, train_y, batch_size: int
 
 
 def saved_activation_bytes(replica: FlatModule, x: torch.Tensor, y: torch.Tensor, loss_fn) -> int:
-    """Bytes the autograd graph of one client's minibatch saves for backward."""
+    """Bytes the autograd graph of one client's minibatch ``x`` (``(B, ...)``), ``y``
+    (``(B,)``) saves for backward (what one more client in a chunk costs in activations)."""
     total = 0
 
     def pack(t: torch.Tensor) -> torch.Tensor:
@@ -351,7 +356,8 @@ def stack_states(states: Sequence[State], device: torch.device) -> State:
 
 
 def padded_minibatches(tasks: Sequence[ClientTask], batch_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """All C clients' minibatches of one round as ``(K_max, C, B)`` sample indices and weights.
+    """All C clients' minibatches of one round as ``(K_max, C, B)`` sample indices (int64)
+    and weights (float32, 1 for a real sample, 0 for padding), on ``device``.
 
     Client c's k-th minibatch is the k-th one ``minibatch_indices`` yields with the
     generator ``(seed, round, client, "minibatch")`` (the serial executor's draw). Rows are
