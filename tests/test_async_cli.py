@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import tiny_config, write_experiment
 from data_files import write_cifar
 from helpers import final_model, metrics, run_cli, run_dirs
 

@@ -82,6 +82,7 @@ def _cmd_compare(args) -> int:
 
 
 def _cmd_run(args) -> int:
+    from fedtorch.experiment.checkpoint import CHECKPOINT_NAME
     from fedtorch.experiment.config import apply_overrides, load_experiment, validate
     from fedtorch.experiment.runner import RESULT_NAME, execute, load_run_config, new_run_dir, prepare
     from fedtorch.experiment.sweep import run_sweep
@@ -94,6 +95,11 @@ def _cmd_run(args) -> int:
         if (run_dir / RESULT_NAME).is_file():
             print(f"{run_dir} is already complete ({RESULT_NAME} exists); nothing to resume")
             return 0
+        # refusals that need no data: checked before prepare() loads and splits it
+        if cfg.federation.mode == "async":
+            raise ConfigError(f"{run_dir} is an async run (federation.mode=async); async runs cannot be resumed, run it again")
+        if not (run_dir / CHECKPOINT_NAME).is_file():
+            raise ConfigError(f"{run_dir} has no {CHECKPOINT_NAME}: nothing to resume (the run stopped before its first checkpoint); run it again")
         prep = prepare(cfg)
         print(f"execution: {prep.executor.description}", flush=True)
         result = execute(prep, run_dir, resume=True)
@@ -113,7 +119,11 @@ def _cmd_run(args) -> int:
     try:
         result = execute(prep, run_dir)
     except KeyboardInterrupt:
-        print(f"\ninterrupted; continue with: fedtorch run --resume {run_dir}", file=sys.stderr)
+        if cfg.federation.mode == "async":
+            print(f"\ninterrupted; async runs cannot be resumed (clients in flight are not checkpointed), "
+                  f"start it again; partial outputs in {run_dir}", file=sys.stderr)
+        else:
+            print(f"\ninterrupted; continue with: fedtorch run --resume {run_dir}", file=sys.stderr)
         return 130
     _report(run_dir, result)
     return 0
@@ -134,11 +144,11 @@ def _report(run_dir: Path, result: dict) -> None:
 def _cmd_partition(args) -> int:
     from fedtorch.experiment.config import apply_overrides, load_experiment, validate
     from fedtorch.experiment.partition_report import format_summary, partition_counts, write_report
+    from fedtorch.experiment.paths import experiment_output_dir
 
     base, folder = load_experiment(args.experiment)
     cfg = validate(apply_overrides(base, args.overrides))
-    folder = folder.resolve()
-    out = Path(args.out) if args.out else Path(cfg.output_dir) / folder.parent.name / folder.name / "partition"
+    out = Path(args.out) if args.out else experiment_output_dir(cfg.output_dir, folder) / "partition"
     d = cfg.data
     summary = write_report(partition_counts(cfg), out, f"{d.dataset}, partition={d.partition}, {d.num_clients} clients")
     print(format_summary(summary))
@@ -147,17 +157,20 @@ def _cmd_partition(args) -> int:
 
 
 def _cmd_algorithms() -> int:
+    from omegaconf import OmegaConf
+
     from fedtorch.algorithms import available_algorithms, get_algorithm
-    from fedtorch.algorithms.server_optimizers import make_server_optimizer, server_optimizer_keys
+    from fedtorch.experiment.config import resolve_server
+    from fedtorch.experiment.schema import ServerConfig
 
     print("Hyper-parameters are set with algorithm.<name>=value, the server optimiser with server.<key>=value.\n")
+    unset = OmegaConf.structured(ServerConfig)  # every server.* key null: the algorithm's defaults
     for name in available_algorithms():
         cls = get_algorithm(name)
         hp = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(cls.Hparams)) or "-"
-        server = dict(cls.server_defaults)
-        optimizer = server.pop("optimizer", "sgd")
-        opt = make_server_optimizer(optimizer, **server)
-        server_text = ", ".join(f"{k}={getattr(opt, k)!r}" for k in server_optimizer_keys(optimizer))
+        server = resolve_server(unset, cls)
+        optimizer = server.pop("optimizer")
+        server_text = ", ".join(f"{k}={v!r}" for k, v in server.items())
         aliases = f" (also: {', '.join(cls.aliases)})" if cls.aliases else ""
         print(f"{name}{aliases}\n  algorithm: {hp}\n  server: {optimizer} {server_text}\n"
               f"  client state: {cls.state_vectors} x P float32 per client\n  paper: {cls.paper}")

@@ -49,7 +49,18 @@ class AsyncRecorder(Recorder):
         self._since: list[AsyncReport] = []  # arrivals since the last server version
 
     def record(self, report: AsyncReport) -> dict | None:
-        """Add one arrival; returns the new metrics row if it made a new server version."""
+        """Add one client arrival (an :class:`AsyncReport` from the async loop).
+
+        Appends its ``updates.csv`` and ``clients.csv`` rows; when the arrival made a new
+        server version (``report.updated``), also appends the metrics row of that version
+        (covering every arrival since the previous one: mean local loss and staleness of
+        the applied updates, wall seconds, bytes), logs it to TensorBoard, and rewrites the
+        files (:meth:`flush`) if the version was evaluated.
+
+        Returns:
+            The new metrics row (keys :data:`METRIC_FIELDS`), or None when the server
+            model did not change (a buffered or rejected update).
+        """
         rec, msg = report.record, report.result.message
         self.updates.append({k: (int(v) if isinstance(v, bool) else v) for k, v in vars(rec).items()})
         self.clients.append({
@@ -83,19 +94,43 @@ class AsyncRecorder(Recorder):
         return row
 
     def flush(self) -> None:
+        """Rewrite ``metrics.jsonl``, ``metrics.csv``, ``clients.csv`` and ``updates.csv``
+        from everything recorded so far, each atomically.
+
+        Raises:
+            OSError: the run directory cannot be written.
+        """
         write_text(self.run_dir / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in self.metrics))
         write_text(self.run_dir / "metrics.csv", _csv(self.metrics, METRIC_FIELDS))
         write_text(self.run_dir / "clients.csv", _csv(self.clients, CLIENT_FIELDS))
         write_text(self.run_dir / "updates.csv", _csv(self.updates, UPDATE_FIELDS))
 
     def close(self) -> None:
+        """Write the files a last time (:meth:`flush`) and close the TensorBoard writer.
+
+        Raises:
+            OSError: the run directory cannot be written.
+        """
         self.flush()
         super().close()
 
 
 def plot_async(metrics: list[dict], run_dir: Path, title: str = "") -> Path:
     """Write ``async_progress.png``: test loss (and mean local loss) and test accuracy
-    against simulated time and against the number of server updates."""
+    against simulated time and against the number of server updates.
+
+    Args:
+        metrics: the :class:`AsyncRecorder` metrics rows (``sim_seconds`` in simulated
+            seconds; the time axis is shown in hours beyond 2 hours).
+        run_dir: the folder to write into (exists).
+        title: the figure's title.
+
+    Returns:
+        The path of the PNG (written atomically).
+
+    Raises:
+        OSError: ``run_dir`` cannot be written.
+    """
     evals = [m for m in metrics if m.get("test_accuracy") is not None]
     losses = [m for m in metrics if m.get("train_loss") is not None]
     span = max((m["sim_seconds"] for m in metrics), default=0.0)

@@ -19,13 +19,25 @@ from fedtorch.experiment.config import clients_per_round, delay_model
 from fedtorch.experiment.errors import ConfigError
 from fedtorch.experiment.plots import plot_run
 from fedtorch.experiment.progress import RoundProgress
+from fedtorch.experiment.recorder import final_result
 from fedtorch.experiment.selection import write_selection
 from fedtorch.federation.async_loop import AsyncServer, AsyncSettings, run_async
 from fedtorch.federation.client_states import ClientStateStore
 
 
 def async_settings(cfg) -> AsyncSettings:
-    """The :class:`AsyncSettings` of a validated config (concurrency defaults to M)."""
+    """The :class:`AsyncSettings` of a validated config.
+
+    ``rounds`` becomes the number of server updates, ``federation.concurrency`` the
+    clients in flight (null: M, :func:`~fedtorch.experiment.config.clients_per_round`),
+    ``federation.max_seconds`` the simulated-time limit (seconds, or None); the local
+    training keys come from ``client.*``, the seed from ``seed``, ``eval_every`` from
+    ``eval.every`` (server versions between test evaluations).
+
+    Args:
+        cfg: a config that passed :func:`~fedtorch.experiment.config.validate` (values are
+            not checked again).
+    """
     c, f = cfg.client, cfg.federation
     return AsyncSettings(
         updates=cfg.rounds, concurrency=f.concurrency or clients_per_round(cfg), batch_size=c.batch_size,
@@ -83,21 +95,12 @@ def execute_async(prep, run_dir: Path, resume: bool = False, on_row: Callable[[d
     plot_run(metrics, run_dir, title=title)
     plot_async(metrics, run_dir, title=title)
     write_selection([(u["wave"], u["client_id"]) for u in recorder.updates], run_dir, "wave")
-    evals = [m for m in metrics if m["test_accuracy"] is not None]
     result = {
         "mode": "async",
-        "rounds": core.server.round,
+        **final_result(cfg, metrics, core.server.round),
         "updates": core.arrivals,
         "simulated_seconds": core.now,
-        "final_test_accuracy": evals[-1]["test_accuracy"] if evals else None,
-        "final_test_loss": evals[-1]["test_loss"] if evals else None,
-        "best_test_accuracy": max((m["test_accuracy"] for m in evals), default=None),
-        "final_train_loss": metrics[-1]["train_loss"] if metrics else None,
         "mean_staleness": sum(u["staleness"] for u in recorder.updates) / max(len(recorder.updates), 1),
-        "seconds_per_round": sum(m["wall_seconds"] for m in metrics) / max(len(metrics), 1),
-        "bytes_per_round": sum(m["bytes_down"] + m["bytes_up"] for m in metrics) / max(len(metrics), 1),
-        "seed": cfg.seed,
-        "data_seed": cfg.data.seed,
     }
     write_text(run_dir / "result.json", json.dumps(result, indent=2) + "\n")
     return result

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import datetime as _dt
 import io
 import json
 import math
@@ -24,8 +23,10 @@ from omegaconf import DictConfig  # noqa: E402
 
 from fedtorch.algorithms import available_algorithms, get_algorithm  # noqa: E402
 from fedtorch.experiment.atomic import atomic_path, write_text  # noqa: E402
-from fedtorch.experiment.config import apply_overrides, parse_override, validate  # noqa: E402
+from fedtorch.data.partition import PARTITIONERS  # noqa: E402
+from fedtorch.experiment.config import apply_overrides, clients_per_round, parse_override, validate  # noqa: E402
 from fedtorch.experiment.errors import ConfigError  # noqa: E402
+from fedtorch.experiment.paths import experiment_output_dir, make_unique_dir, timestamp  # noqa: E402
 from fedtorch.experiment.runner import execute, new_run_dir, prepare  # noqa: E402
 
 COLUMNS = ["algorithm", "status", "final_test_accuracy", "best_test_accuracy", "rounds_to_target", "seconds_per_round",
@@ -68,7 +69,19 @@ def plan(base: DictConfig, algorithms: list[str], overrides: list[str]) -> list[
 
 
 def summarize_run(name: str, run_dir: Path, target: float) -> dict:
-    """One table row from a finished (or failed) run directory."""
+    """One table row from a finished (or failed) run directory.
+
+    Args:
+        name: the algorithm's name (first column).
+        run_dir: the run directory; its ``metrics.jsonl`` and ``result.json`` are read
+            when present (a run that crashed before writing them gives empty cells).
+        target: test accuracy for ``rounds_to_target`` (first evaluated round reaching it).
+
+    Returns:
+        A dict with every key of :data:`COLUMNS` (status ``ok``, or ``diverged`` when a
+        train or test loss is missing or non-finite) plus ``curve``: ``[(round, test
+        accuracy)]`` of the evaluated rounds, for the plot.
+    """
     row = {"algorithm": name, "run_dir": run_dir.name, "status": "ok", "note": ""}
     metrics_path = run_dir / "metrics.jsonl"
     rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()] if metrics_path.is_file() else []
@@ -91,29 +104,54 @@ def summarize_run(name: str, run_dir: Path, target: float) -> dict:
     return row
 
 
+def _failure(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}"
+
+
 def run_comparison(base: DictConfig, experiment: Path, algorithms: list[str], overrides: list[str], target: float = 0.7) -> tuple[Path, list[dict]]:
     """Run every algorithm in turn; returns (comparison directory, table rows).
 
     The directory ``<output_dir>/<DATASET>/<folder>/compare_<time>/`` holds one run
     directory per algorithm and ``comparison.md``, ``comparison.csv``, ``accuracy.png``
     (rewritten after every run, so a stopped comparison keeps its finished rows).
+    The first algorithm's run is prepared (data loaded and split) before any directory
+    is made, so missing data leaves nothing behind.
+
+    Raises:
+        ConfigError: any invalid configuration (see :func:`plan`) or input error of
+            :func:`~fedtorch.experiment.runner.prepare` (missing data files, impossible
+            split, ...); an algorithm that fails otherwise is reported as ``crashed``.
+        KeyboardInterrupt: passed on (the finished rows are already written).
     """
     configs = plan(base, algorithms, overrides)
-    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    out = Path(configs[0].output_dir) / experiment.resolve().parent.name / experiment.resolve().name / f"compare_{stamp}"
-    out.mkdir(parents=True, exist_ok=False)
+    try:
+        first = prepare(configs[0])  # input errors stop here, before a directory exists
+    except ConfigError:
+        raise
+    except Exception:  # noqa: BLE001 - prepared again below and reported as that algorithm's crash
+        first = None
+    out = make_unique_dir(experiment_output_dir(configs[0].output_dir, experiment), f"compare_{timestamp()}")
     rows = []
     for i, cfg in enumerate(configs):
         name = cfg.algorithm.name
         print(f"[{i + 1}/{len(configs)}] {name}", flush=True)
-        run_dir = new_run_dir(cfg, experiment, parent=out, name=f"{i:02d}_{name}")
-        error = None
+        prep, first, error = first, None, None
         try:
-            execute(prepare(cfg), run_dir)
+            if prep is None:
+                prep = prepare(cfg)
         except (KeyboardInterrupt, ConfigError):
             raise
         except Exception as e:  # one algorithm's failure must not stop the comparison
-            error = f"{type(e).__name__}: {e}"
+            error = _failure(e)
+        run_dir = new_run_dir(cfg, experiment, parent=out, name=f"{i:02d}_{name}")
+        if error is None:
+            try:
+                execute(prep, run_dir)
+            except (KeyboardInterrupt, ConfigError):
+                raise
+            except Exception as e:  # one algorithm's failure must not stop the comparison
+                error = _failure(e)
+        prep = None  # free this algorithm's data before the next one loads its own
         row = summarize_run(name, run_dir, target)
         if error is not None:
             row.update(status="crashed", note=error)
@@ -128,8 +166,30 @@ def _fmt(value, kind: str) -> str:
     return {"acc": f"{value:.4f}", "int": str(value), "s": f"{value:.3g}", "mb": f"{value / 1e6:.1f}"}[kind]
 
 
+def _setup_line(cfg: DictConfig) -> str:
+    """The table's first line: dataset, split (with the partitioner's own ``data.*``
+    settings, e.g. alpha only for Dirichlet-type splits), clients, schedule."""
+    d = cfg.data
+    spec = PARTITIONERS.get(d.partition)
+    keys = [k for k in (spec.options + spec.transform_options if spec else ()) if k != "min_samples" and d.get(k) is not None]
+    split = d.partition + (" " + ", ".join(f"{k} {d[k]}" for k in keys) if keys else "")
+    return (
+        f"Dataset {d.dataset}, {split}, {d.num_clients} clients, {clients_per_round(cfg)} per round, "
+        f"model {cfg.model.name}, {cfg.rounds} rounds, {cfg.client.local_epochs} local epoch(s), "
+        f"batch {cfg.client.batch_size}, lr {cfg.client.lr}, seed {cfg.seed}."
+    )
+
+
 def write_report(out: Path, rows: list[dict], cfg: DictConfig, target: float) -> None:
-    """Write comparison.md, comparison.csv and accuracy.png into ``out``."""
+    """Write comparison.md, comparison.csv and accuracy.png into ``out`` (each atomically).
+
+    Args:
+        out: the comparison directory (exists).
+        rows: :func:`summarize_run` rows, in run order; ``note`` holds a crash's error.
+        cfg: a config of the comparison, for the setup line above the table (dataset,
+            split, clients per round, schedule are the same for every algorithm).
+        target: the accuracy of the ``rounds to`` column header.
+    """
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n", extrasaction="ignore")
     w.writeheader()
@@ -139,9 +199,7 @@ def write_report(out: Path, rows: list[dict], cfg: DictConfig, target: float) ->
     head = ["algorithm", "status", "final acc", "best acc", f"rounds to {target:g}", "s/round", "MB/round"]
     head += ["client acc mean", "client acc worst-10%", "personalised acc"] if client else []
     lines = [
-        f"Dataset {cfg.data.dataset}, {cfg.data.partition} alpha {cfg.data.alpha}, {cfg.data.num_clients} clients, "
-        f"{cfg.federation.clients_per_round} per round, model {cfg.model.name}, {cfg.rounds} rounds, "
-        f"{cfg.client.local_epochs} local epoch(s), batch {cfg.client.batch_size}, lr {cfg.client.lr}, seed {cfg.seed}.",
+        _setup_line(cfg),
         "",
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),

@@ -30,6 +30,33 @@ CLIENT_FIELDS = ["round", "client_id", "num_samples", "num_steps", "train_loss",
 _MESSAGE_FIELDS = {"delta", "num_samples", "num_steps", "loss"}
 
 
+def final_result(cfg, metrics: list[dict], rounds: int) -> dict:
+    """The ``result.json`` entries every run has, from its metrics rows.
+
+    Args:
+        cfg: the run's validated config (for ``seed`` and ``data.seed``).
+        metrics: the recorder's rows, one per round (sync) or server version (async).
+        rounds: rounds (sync) or server versions (async) done.
+
+    Returns:
+        ``rounds``; final and best test accuracy and final test loss over the evaluated
+        rows (None without any); the last row's train loss; mean wall seconds and bytes
+        (down + up) per row; ``seed`` and ``data_seed``.
+    """
+    evals = [m for m in metrics if m["test_accuracy"] is not None]
+    return {
+        "rounds": rounds,
+        "final_test_accuracy": evals[-1]["test_accuracy"] if evals else None,
+        "final_test_loss": evals[-1]["test_loss"] if evals else None,
+        "best_test_accuracy": max((m["test_accuracy"] for m in evals), default=None),
+        "final_train_loss": metrics[-1]["train_loss"] if metrics else None,
+        "seconds_per_round": sum(m["wall_seconds"] for m in metrics) / max(len(metrics), 1),
+        "bytes_per_round": sum(m["bytes_down"] + m["bytes_up"] for m in metrics) / max(len(metrics), 1),
+        "seed": cfg.seed,
+        "data_seed": cfg.data.seed,
+    }
+
+
 def _csv(rows: list[dict], fields: list[str]) -> str:
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")

@@ -8,7 +8,6 @@ the directory's checkpoint.
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import platform
 import sys
@@ -30,9 +29,10 @@ from fedtorch.experiment.async_run import execute_async  # federation.mode=async
 from fedtorch.experiment.checkpoint import load_checkpoint, save_checkpoint, save_model
 from fedtorch.experiment.config import algorithm_hparams, clients_per_round, server_hparams
 from fedtorch.experiment.errors import ConfigError
+from fedtorch.experiment.paths import experiment_output_dir, make_unique_dir, timestamp
 from fedtorch.experiment.plots import plot_run
 from fedtorch.experiment.progress import RoundProgress
-from fedtorch.experiment.recorder import Recorder
+from fedtorch.experiment.recorder import Recorder, final_result
 from fedtorch.experiment.selection import write_selection
 from fedtorch.federation import ClientStateStore, SyncSettings, run_sync
 from fedtorch.federation.client_eval import evaluate_clients
@@ -116,18 +116,13 @@ def prepare(cfg: DictConfig) -> Prepared:
 def new_run_dir(cfg: DictConfig, experiment: Path | None, parent: Path | None = None, name: str | None = None) -> Path:
     """Create a fresh run directory and write the resolved ``config.yaml`` into it.
 
-    Default location: ``<output_dir>/<DATASET>/<folder>/<algorithm>_seed<seed>_<time>``.
+    Default location: ``<output_dir>/<DATASET>/<folder>/<algorithm>_seed<seed>_<time>``
+    (``parent/name`` when given); ``-1``, ``-2``, ... is appended when the name is taken.
     """
+    stamp = timestamp()
     if parent is None:
-        parent = Path(cfg.output_dir)
-        if experiment is not None:
-            parent = parent / experiment.resolve().parent.name / experiment.resolve().name
-    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    base = name or f"{cfg.algorithm.name}_seed{cfg.seed}_{stamp}"
-    run_dir, i = parent / base, 1
-    while run_dir.exists():
-        run_dir, i = parent / f"{base}-{i}", i + 1
-    run_dir.mkdir(parents=True)
+        parent = experiment_output_dir(cfg.output_dir, experiment)
+    run_dir = make_unique_dir(parent, name or f"{cfg.algorithm.name}_seed{cfg.seed}_{stamp}")
     write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg))
     meta = {
         "experiment": str(experiment) if experiment else None, "created": stamp, "fedtorch": fedtorch.__version__,
@@ -166,7 +161,7 @@ def execute(prep: Prepared, run_dir: Path, resume: bool = False, on_row: Callabl
     if resume:
         try:
             server, clients = load_checkpoint(run_dir, prep.executor.replica.layout)
-        except ValueError as e:
+        except (FileNotFoundError, ValueError) as e:  # no checkpoint.pt, or one of another layout
             raise ConfigError(str(e)) from None
         server = server.replace(x=server.x.to(prep.x0.device))
         store.load_state_dict(clients)
@@ -205,18 +200,7 @@ def execute(prep: Prepared, run_dir: Path, resume: bool = False, on_row: Callabl
     metrics = recorder.metrics
     plot_run(metrics, run_dir, title=f"{cfg.algorithm.name} on {cfg.data.dataset}")
     write_selection([(int(c["round"]), int(c["client_id"])) for c in recorder.clients], run_dir, "round")
-    evals = [m for m in metrics if m["test_accuracy"] is not None]
-    result = {
-        "rounds": len(metrics),
-        "final_test_accuracy": evals[-1]["test_accuracy"] if evals else None,
-        "final_test_loss": evals[-1]["test_loss"] if evals else None,
-        "best_test_accuracy": max((m["test_accuracy"] for m in evals), default=None),
-        "final_train_loss": metrics[-1]["train_loss"] if metrics else None,
-        "seconds_per_round": sum(m["wall_seconds"] for m in metrics) / max(len(metrics), 1),
-        "bytes_per_round": sum(m["bytes_down"] + m["bytes_up"] for m in metrics) / max(len(metrics), 1),
-        "seed": cfg.seed,
-        "data_seed": cfg.data.seed,
-    }
+    result = final_result(cfg, metrics, len(metrics))
     client_evals = [m for m in metrics if m.get("client_acc_mean") is not None]
     if client_evals:
         result.update({k: v for k, v in client_evals[-1].items() if k.startswith(("client_acc", "personal_acc"))})

@@ -15,10 +15,10 @@ from typing import Any, Dict, List, Optional
 
 @dataclass
 class DataConfig:
-    # datasets and partitioners, one line each: README "Data", or fedtorch.data.DATASETS / PARTITIONERS
-    dataset: str = "fashion_mnist"  # fashion_mnist | mnist | emnist_<split> | femnist | shakespeare | synthetic | fcube | breast_cancer | wine | digits | adult | covtype | rcv1 | libsvm | cifar10 | cifar100
-    root: Optional[str] = None  # folder (libsvm: file) of the data; default $FEDTORCH_DATA_DIR[/<name>] or the Debian path
-    partition: str = "dirichlet"  # iid | iid-lognormal | quantity-dir | dirichlet | client-inner-dir | shards | label-quantity | powerlaw | noise | fcube | natural
+    # the names allowed are the registries' keys, each with one line in README "Data"
+    dataset: str = "fashion_mnist"  # a key of fedtorch.data.DATASETS
+    root: Optional[str] = None  # folder (libsvm: file) of the data; null: the dataset's default (fedtorch.data.datasets, README "Data")
+    partition: str = "dirichlet"  # a key of fedtorch.data.PARTITIONERS
     num_clients: int = 100  # N
     alpha: float = 0.5  # Dirichlet concentration of labels (dirichlet, client-inner-dir)
     beta: float = 0.5  # Dirichlet concentration of client sizes (quantity-dir)
@@ -36,7 +36,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = "cnn"  # logreg | mlp | cnn | char_lstm
+    name: str = "cnn"  # a key of fedtorch.models.MODELS (README "What is in it")
 
 
 @dataclass
@@ -76,7 +76,16 @@ class FederationConfig:
 
 @dataclass
 class DelaysConfig:
-    # async: a client dispatched at t arrives at t + K_i * step_seconds + a network delay drawn from `model`
+    """``delays.*``: simulated client latency of asynchronous runs (``federation.mode=async``).
+
+    A client dispatched at simulated time ``t`` (seconds) arrives at ``t + K_i *
+    step_seconds + delay``, ``K_i`` its local steps and ``delay`` a draw from ``model``
+    (seeded by the training seed). All times are simulated seconds, >= 0; ``trace`` gives
+    each client its own ``step_seconds`` and delay from a CSV file. Checked by
+    :func:`~fedtorch.experiment.config.validate` (ConfigError for a negative value, an
+    unknown model or an unreadable trace).
+    """
+
     model: str = "constant"  # constant | uniform | lognormal | exponential | trace
     mean: float = 0.0  # seconds: the constant delay; the mean of exponential and lognormal
     max: float = 2.0  # seconds: uniform draws from U(0, max)
@@ -87,7 +96,13 @@ class DelaysConfig:
 
 @dataclass
 class StragglersConfig:
-    # sync: FedProx's systems heterogeneity (Li et al. 2020)
+    """``stragglers.*``: FedProx's systems heterogeneity in synchronous rounds (Li et al. 2020).
+
+    In every round ``floor(fraction * M)`` of the ``M`` selected clients are stragglers and
+    run only ``U{1..E}`` of the ``E`` local epochs; ``policy`` says whether their partial
+    updates are aggregated. ``fraction`` must lie in ``[0, 1)`` (ConfigError otherwise).
+    """
+
     fraction: float = 0.0  # share of each round's clients that run only U{1..E} local epochs, in [0, 1)
     policy: str = "drop"  # drop: leave them out (FedAvg) | keep: aggregate their partial work (FedProx)
 

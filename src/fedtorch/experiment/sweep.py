@@ -4,7 +4,6 @@ each, and write ``summary.csv`` with every run's final metrics."""
 from __future__ import annotations
 
 import csv
-import datetime as _dt
 import io
 import itertools
 import re
@@ -15,6 +14,7 @@ from omegaconf import DictConfig
 from fedtorch.experiment.atomic import write_text
 from fedtorch.experiment.config import apply_overrides, parse_override, validate
 from fedtorch.experiment.errors import ConfigError
+from fedtorch.experiment.paths import experiment_output_dir, make_unique_dir, timestamp
 from fedtorch.experiment.runner import execute, new_run_dir, prepare
 
 
@@ -57,9 +57,7 @@ def run_sweep(base: DictConfig, experiment: Path, overrides: list[str]) -> Path:
     """Validate every grid point first, then run them in order; returns the sweep dir."""
     combos = expand(overrides)
     configs = [validate(apply_overrides(base, combo)) for combo in combos]
-    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    sweep_dir = Path(base.output_dir) / experiment.resolve().parent.name / experiment.resolve().name / f"multirun_{stamp}"
-    sweep_dir.mkdir(parents=True, exist_ok=False)
+    sweep_dir = make_unique_dir(experiment_output_dir(base.output_dir, experiment), f"multirun_{timestamp()}")
     keys = [parse_override(o)[0] for o in overrides]
     rows = []
     for i, (combo, cfg) in enumerate(zip(combos, configs)):
@@ -68,9 +66,17 @@ def run_sweep(base: DictConfig, experiment: Path, overrides: list[str]) -> Path:
         run_dir = new_run_dir(cfg, experiment, parent=sweep_dir, name=f"{i:03d}_{_slug(combo)}")
         result = execute(prep, run_dir)
         rows.append({"run_dir": run_dir.name, **{k: c.split("=", 1)[1] for k, c in zip(keys, combo)}, **result})
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
-        w.writeheader()
-        w.writerows(rows)
-        write_text(sweep_dir / "summary.csv", buf.getvalue())
+        write_text(sweep_dir / "summary.csv", summary_csv(rows))
     return sweep_dir
+
+
+def summary_csv(rows: list[dict]) -> str:
+    """CSV text of ``rows``; the columns are the union of every row's keys, in order of
+    first appearance (grid points can report different keys, e.g. per-client accuracy
+    only where ``eval.clients_every > 0``); a key a row lacks is left empty."""
+    fields = list(dict.fromkeys(k for row in rows for k in row))
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=fields, restval="", lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue()
