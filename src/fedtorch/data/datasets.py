@@ -26,7 +26,9 @@ from fedtorch.data.tensors import DATA_DIR_ENV, TensorDataset, dataset_root
 
 __all__ = ["DATASETS", "DatasetSpec", "TensorDataset", "load_dataset", "load_idx_dataset", "resolve_root"]
 
-DEFAULT_IDX_ROOT = "/usr/share/datasets/fashion-mnist"
+DEFAULT_IDX_ROOT = "/usr/share/datasets/fashion-mnist"  # Debian package dataset-fashion-mnist
+# where each IDX dataset is looked for when neither data.root nor $FEDTORCH_DATA_DIR is set
+IDX_DEFAULT_ROOTS = {"fashion_mnist": DEFAULT_IDX_ROOT, "mnist": "data/mnist"}
 
 _IDX_NAMES = {
     "train_images": ("train-images-idx3-ubyte", "train-images.idx3-ubyte"),
@@ -40,9 +42,22 @@ _EMNIST_NAMES = {  # EMNIST calls the test split "test", not "t10k"
 }
 
 
-def resolve_root(root: str | None, default: str = DEFAULT_IDX_ROOT) -> Path:
-    """The data directory: ``root`` if given, else ``$FEDTORCH_DATA_DIR``, else ``default``."""
-    return Path(root or os.environ.get(DATA_DIR_ENV) or default)
+def resolve_root(root: str | None, name: str = "fashion_mnist") -> Path:
+    """The folder of the IDX dataset ``name`` (``fashion_mnist`` or ``mnist``).
+
+    In order: ``root`` (``data.root``) if given; else, when ``$FEDTORCH_DATA_DIR`` is set,
+    its subfolder ``<name>/`` if that exists (the rule of every dataset), otherwise
+    ``$FEDTORCH_DATA_DIR`` itself as the folder of the IDX files; else the dataset's own
+    default (:data:`IDX_DEFAULT_ROOTS`: Fashion-MNIST the Debian path, MNIST
+    ``./data/mnist``). MNIST never falls back to the Fashion-MNIST folder.
+    """
+    if root:
+        return Path(root)
+    env = os.environ.get(DATA_DIR_ENV)
+    if env:
+        own = Path(env) / name
+        return own if own.is_dir() else Path(env)
+    return Path(IDX_DEFAULT_ROOTS[name])
 
 
 def _find(root: Path, stems: tuple[str, ...]) -> Path:
@@ -79,8 +94,12 @@ def load_idx_dataset(
         try:
             arrays[key] = read_idx(_find(root, stems))
         except FileNotFoundError:
-            how = "Extract EMNIST's gzip IDX files (the 'gzip' archive) there, or " if prefix else (
-                f"Install Fashion-MNIST with `apt-get install -y dataset-fashion-mnist` (files in {DEFAULT_IDX_ROOT}), or ")
+            if prefix:
+                how = "Extract EMNIST's gzip IDX files (the 'gzip' archive) there, or "
+            elif name == "fashion_mnist":
+                how = f"Install Fashion-MNIST with `apt-get install -y dataset-fashion-mnist` (files in {DEFAULT_IDX_ROOT}), or "
+            else:
+                how = f"Put {name}'s 4 IDX files (train-/t10k- images and labels, raw or .gz) there, or "
             raise DataFileError(
                 f"{name}: no {stems[0]}[.gz] in {root}. {how}point data.root / ${DATA_DIR_ENV} at a directory of "
                 "MNIST-format IDX files"
@@ -143,11 +162,11 @@ def _emnist(split: str) -> DatasetSpec:
 
 DATASETS: dict[str, DatasetSpec] = {
     "fashion_mnist": DatasetSpec(
-        lambda root: load_idx_dataset(resolve_root(root), "fashion_mnist", 0.2860, 0.3530),
+        lambda root: load_idx_dataset(resolve_root(root, "fashion_mnist"), "fashion_mnist", 0.2860, 0.3530),
         "Fashion-MNIST, 60k+10k 28x28 grey images, 10 classes (IDX, Debian dataset-fashion-mnist)"),
     "mnist": DatasetSpec(
-        lambda root: load_idx_dataset(resolve_root(root), "mnist", 0.1307, 0.3081),
-        "MNIST or any MNIST-format IDX directory (data.root)"),
+        lambda root: load_idx_dataset(resolve_root(root, "mnist"), "mnist", 0.1307, 0.3081),
+        "MNIST or any MNIST-format IDX directory (data.root; default ./data/mnist)"),
     **{f"emnist_{split}": _emnist(split) for split in _EMNIST_SPLITS},
     "femnist": DatasetSpec(
         lambda root: load_femnist(dataset_root(root, "femnist")),

@@ -11,11 +11,15 @@ import bz2
 import gzip
 import lzma
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from fedtorch.data.idx import DataFileError
 from fedtorch.data.tensors import TensorDataset, labels_to_range, standardised, stratified_holdout
+
+if TYPE_CHECKING:
+    from scipy.sparse import csr_matrix
 
 TEST_FRACTION = 0.2
 
@@ -52,51 +56,59 @@ def load_sklearn(name: str) -> TensorDataset:
 _OPENERS = {".bz2": bz2.open, ".gz": gzip.open, ".xz": lzma.open}
 
 
-def read_libsvm(path: str | Path) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]]]:
-    """Read a LIBSVM/SVMlight file: one sample per line, ``label index:value ...`` with
-    1-based increasing indices; ``#`` starts a comment. ``.bz2``/``.gz``/``.xz`` are
-    decompressed.
+def read_libsvm(path: str | Path) -> tuple[np.ndarray, csr_matrix]:
+    """Read a LIBSVM/SVMlight file with scikit-learn's parser: one sample per line,
+    ``label index:value ...`` with 1-based increasing indices; ``#`` starts a comment.
+    ``.bz2``/``.gz``/``.xz`` are decompressed.
 
     Returns:
-        ``(labels (n,) float64, [(indices (k,) int64 0-based, values (k,) float64)] per row)``.
+        ``(labels (n,) float64, features)``: a ``(n, d)`` float32 CSR matrix, ``d`` the
+        largest index in the file.
 
     Raises:
         DataFileError: unreadable or truncated compressed file, a malformed line (named
             with its number), or no samples.
     """
+    from sklearn.datasets import load_svmlight_file
+
     path = Path(path)
     opener = _OPENERS.get(path.suffix, open)
-    labels, rows = [], []
     try:
-        with opener(path, "rt", encoding="ascii") as f:
-            for number, line in enumerate(f, 1):
-                tokens = line.split("#", 1)[0].split()
-                if not tokens:
-                    continue
-                try:
-                    labels.append(float(tokens[0]))
-                    pairs = [t.split(":") for t in tokens[1:]]
-                    idx = np.array([int(p[0]) for p in pairs], dtype=np.int64) - 1
-                    val = np.array([float(p[1]) for p in pairs], dtype=np.float64)
-                except (ValueError, IndexError):
-                    raise DataFileError(
-                        f"{path}: line {number} is not LIBSVM format (label index:value ...): {line.strip()[:60]!r}"
-                    ) from None
-                if len(idx) and (idx[0] < 0 or np.any(np.diff(idx) <= 0)):
-                    raise DataFileError(f"{path}: line {number}: feature indices must be >= 1 and increasing")
-                rows.append((idx, val))
-    except (OSError, EOFError, lzma.LZMAError, UnicodeDecodeError) as e:
+        with opener(path, "rb") as f:
+            x, y = load_svmlight_file(f, dtype=np.float32, zero_based=False)
+    except (OSError, EOFError, lzma.LZMAError) as e:
         raise DataFileError(f"{path}: cannot read ({e}); the file is corrupt or truncated, download it again") from None
-    if not labels:
+    except ValueError as e:  # scikit-learn does not say where: find the line
+        raise DataFileError(_bad_line(path, opener) or f"{path}: not LIBSVM format ({e})") from None
+    if not len(y):
         raise DataFileError(f"{path}: no samples (empty LIBSVM file)")
-    return np.asarray(labels), rows
+    return y, x
 
 
-def _dense(rows: list[tuple[np.ndarray, np.ndarray]], num_features: int) -> np.ndarray:
-    x = np.zeros((len(rows), num_features), dtype=np.float64)
-    for i, (idx, val) in enumerate(rows):
-        x[i, idx] = val
-    return x
+def _bad_line(path: Path, opener) -> str | None:
+    """The error message for the first malformed line of ``path`` (None if none is found)."""
+    with opener(path, "rt", encoding="ascii", errors="replace") as f:
+        for number, line in enumerate(f, 1):
+            tokens = line.split("#", 1)[0].split()
+            if not tokens:
+                continue
+            try:
+                float(tokens[0])
+                pairs = [t.split(":") for t in tokens[1:] if not t.startswith("qid:")]
+                idx = [int(i) for i, _ in pairs]
+                [float(v) for _, v in pairs]
+            except ValueError:
+                return f"{path}: line {number} is not LIBSVM format (label index:value ...): {line.strip()[:60]!r}"
+            if idx and (idx[0] < 1 or any(b <= a for a, b in zip(idx, idx[1:]))):
+                return f"{path}: line {number}: feature indices must be >= 1 and increasing"
+    return None
+
+
+def _dense(x: csr_matrix, num_features: int) -> np.ndarray:
+    """``(n, num_features)`` float32 array of a CSR matrix with at most that many columns."""
+    x = x.copy()
+    x.resize((x.shape[0], num_features))
+    return x.toarray()
 
 
 # name -> (training file, test file or None); ".bz2"/".gz"/".xz" variants are found too.
@@ -117,10 +129,13 @@ def _find_file(root: Path, stem: str) -> Path | None:
 def load_libsvm(root: Path, name: str) -> TensorDataset:
     """A LIBSVM dataset from the LIBSVM datasets page (Chang & Lin): ``adult`` (a9a/a9a.t,
     Platt's Adult, 123 binary features), ``covtype`` (covtype.libsvm.binary, 54 features),
-    ``rcv1`` (rcv1_train.binary, 47,236 features: about 3.8 GB dense), or ``libsvm``: any
-    file, ``root`` being its path (test file ``<root>.t`` when present).
+    ``rcv1`` (rcv1_train.binary: 20,242 samples x 47,236 features, about 3.8 GB as dense
+    float32; the peak is about that, as features are read sparse and standardised in
+    place), or ``libsvm``: any file, ``root`` being its path (test file ``<root>.t`` when
+    present).
 
-    Features are densified (``d`` = the largest index in either file).
+    Features are read sparse (scikit-learn's parser) and densified to float32 (``d`` =
+    the largest index in either file).
 
     Returns:
         ``train_x (N, d)`` float32 standardised; a stratified 20% hold-out when there is no
@@ -145,9 +160,10 @@ def load_libsvm(root: Path, name: str) -> TensorDataset:
                 f"{name}: no {' or '.join(missing)}[.bz2] in {root}. Download it from the LIBSVM datasets page "
                 f"(www.csie.ntu.edu.tw/~cjlin/libsvmtools/datasets) into {root}, or set data.root to its folder"
             )
-    y_train, rows_train = read_libsvm(train_path)
-    y_test, rows_test = read_libsvm(test_path) if test_path else (None, [])
-    d = 1 + max((int(i[-1]) for i, _ in rows_train + rows_test if len(i)), default=0)
-    if test_path is None:
-        return _holdout_dataset(name, _dense(rows_train, d), y_train)
-    return _tensor_dataset(name, _dense(rows_train, d), y_train, _dense(rows_test, d), y_test)
+    y_train, x_train = read_libsvm(train_path)
+    y_test, x_test = read_libsvm(test_path) if test_path else (None, None)
+    d = max(x_train.shape[1], x_test.shape[1] if x_test is not None else 0)
+    if x_test is None:  # hold-out split on the sparse rows: only the dense result is ever allocated
+        train, test = stratified_holdout(y_train, TEST_FRACTION)
+        return _tensor_dataset(name, _dense(x_train[train], d), y_train[train], _dense(x_train[test], d), y_train[test])
+    return _tensor_dataset(name, _dense(x_train, d), y_train, _dense(x_test, d), y_test)

@@ -90,12 +90,49 @@ def stratified_holdout(y: np.ndarray, fraction: float, seed: int = 0) -> tuple[n
 def standardised(train: np.ndarray, test: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     """z-score both ``(n, d)`` arrays with the training mean and std (constant features -> 0).
 
+    Mean and std are accumulated in float64 over blocks of rows. float32 arrays are
+    scaled in place and wrapped without a copy (a dense LIBSVM set can take gigabytes);
+    other dtypes are scaled in float64, then converted.
+
     Returns:
-        float32 tensors of the same shapes.
+        float32 tensors of the same shapes (sharing memory with float32 inputs).
     """
-    mean, std = train.mean(axis=0), train.std(axis=0)
-    std = np.where(std > 0, std, 1.0)
-    return tuple(torch.from_numpy(((a - mean) / std).astype(np.float32)) for a in (train, test))
+    mean, std = _column_stats(train)
+    return tuple(torch.from_numpy(_zscore(a, mean, std)) for a in (train, test))
+
+
+_BLOCK_ELEMENTS = 1 << 18  # rows per block: temporaries of at most 2 MB (float64)
+
+
+def _row_blocks(x: np.ndarray):
+    rows = max(1, _BLOCK_ELEMENTS // max(x.shape[1], 1))
+    return (x[i : i + rows] for i in range(0, len(x), rows))
+
+
+def _column_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-column mean and std (population) of ``(n, d)`` ``x`` as float64, std 0 -> 1."""
+    n = max(len(x), 1)
+    total = np.zeros(x.shape[1], dtype=np.float64)
+    for block in _row_blocks(x):
+        total += block.sum(axis=0, dtype=np.float64)
+    mean = total / n
+    sq = np.zeros(x.shape[1], dtype=np.float64)
+    for block in _row_blocks(x):
+        dev = block - mean
+        dev *= dev
+        sq += dev.sum(axis=0)
+    std = np.sqrt(sq / n)
+    return mean, np.where(std > 0, std, 1.0)
+
+
+def _zscore(a: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    if a.dtype != np.float32 or not a.flags.writeable:
+        return ((a - mean) / std).astype(np.float32)
+    mean32, std32 = mean.astype(np.float32), std.astype(np.float32)
+    for block in _row_blocks(a):
+        block -= mean32
+        block /= std32
+    return a
 
 
 def labels_to_range(y_train: np.ndarray, y_test: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, int]:

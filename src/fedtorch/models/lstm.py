@@ -26,5 +26,11 @@ class CharLSTM(nn.Module):
         self.out = nn.Linear(hidden, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x (B, L)`` character ids (any integer or float dtype holding integers, cast to
+        int64) -> ``(B, num_classes)`` logits of the character after the last one.
+
+        Raises:
+            IndexError: an id outside ``[0, num_classes)`` (from the embedding).
+        """
         h, _ = self.lstm(self.embed(x.long()))
         return self.out(h[:, -1])

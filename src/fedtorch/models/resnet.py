@@ -40,6 +40,7 @@ class BasicBlock(nn.Module):
             self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), _norm(norm, cout, groups))
 
     def forward(self, x):
+        """``(B, cin, H, W) -> (B, cout, ceil(H / stride), ceil(W / stride))``."""
         out = self.relu(self.n1(self.conv1(x)))
         return self.relu(self.n2(self.conv2(out)) + self.shortcut(x))
 
@@ -75,6 +76,11 @@ class ResNet18(nn.Module):
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, num_classes))
 
     def forward(self, x):
+        """``(B, C, H, W)`` images (``C`` as in ``input_shape``) -> ``(B, num_classes)`` logits.
+
+        Any ``H, W >= 1`` works (global average pooling); the stem keeps the resolution and
+        the stages halve it three times (32x32 -> 4x4 before pooling).
+        """
         return self.head(self.blocks(self.stem(x)))
 
 

@@ -21,6 +21,15 @@ def check_clients(num_samples: int, num_clients: int, min_samples: int = 1) -> N
 
 
 def check_positive(key: str, value: float) -> None:
+    """Check a partitioner's ``data.<key>`` setting (a concentration, a size sigma, ...) is > 0.
+
+    Args:
+        key: the name under ``data.`` for the message, e.g. ``"alpha"``.
+        value: the setting (NaN fails too).
+
+    Raises:
+        PartitionError: ``value`` is not > 0 (the message names ``data.<key>`` and ``value``).
+    """
     if not value > 0:
         raise PartitionError(f"data.{key} must be > 0, got {value}")
 
