@@ -40,8 +40,7 @@ def save_checkpoint(run_dir: Path, server: ServerState, client_states: dict, lay
 
 def layout_signature(layout: ParamLayout) -> dict:
     """Names, shapes and element order of a flat vector, as plain lists."""
-    order = layout.channels_last or (False,) * len(layout.names)
-    return {"names": list(layout.names), "shapes": [list(s) for s in layout.shapes], "channels_last": list(order)}
+    return {"names": list(layout.names), "shapes": [list(s) for s in layout.shapes], "channels_last": list(layout.channels_last)}
 
 
 def save_model(run_dir: Path, layout: ParamLayout, x: torch.Tensor) -> Path:
