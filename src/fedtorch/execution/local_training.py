@@ -97,14 +97,7 @@ def train_client(
     stopper = _EarlyStopping(ctx.early_stopping, math.ceil(ctx.num_samples / batch_size), loss_sum.device) if ctx.early_stopping else None
     for idx in minibatch_indices(task.indices, batch_size, ctx.num_steps, gen):
         batch[:] = [idx]
-        point = algorithm.perturb(run)
-        if point is None:
-            loss, g = replica.loss_and_grad(train_x[idx], train_y[idx], loss_fn)
-        else:
-            loss, g = grad_at(point)
-        run.loss = loss
-        algorithm.local_step(run, algorithm.direction(run, g))
-        run.step += 1
+        loss = take_step(algorithm, run, lambda: replica.loss_and_grad(train_x[idx], train_y[idx], loss_fn))
         loss_sum += loss
         if stopper is not None and stopper.stop(run.step, loss):
             run.ctx = dataclasses.replace(ctx, num_steps=run.step)
@@ -112,6 +105,19 @@ def train_client(
     mean_loss = loss_sum.item() / max(run.step, 1)
     message, new_state = algorithm.finish_local(run, mean_loss)
     return ClientResult(ctx.client_id, message, new_state, time.perf_counter() - start)
+
+
+def take_step(algorithm, run: LocalRun, gradient_at_y) -> torch.Tensor:
+    """One local step of the protocol (:mod:`fedtorch.protocol`), the same in every
+    executor: ``perturb``; the minibatch gradient at y (``gradient_at_y() -> (loss, g)``)
+    or at the perturbed point (``run.grad_at``); ``run.loss``; ``direction``;
+    ``local_step``; ``run.step += 1``. Returns the step's loss (0-dim, or ``(C,)``)."""
+    point = algorithm.perturb(run)
+    loss, g = gradient_at_y() if point is None else run.grad_at(point)
+    run.loss = loss
+    algorithm.local_step(run, algorithm.direction(run, g))
+    run.step += 1
+    return loss
 
 
 def train_task(

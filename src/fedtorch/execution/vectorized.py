@@ -55,7 +55,7 @@ from torch.func import functional_call, grad_and_value, vmap
 
 from fedtorch.data.federated import minibatch_indices
 from fedtorch.execution.base import Executor
-from fedtorch.execution.local_training import broadcast_to
+from fedtorch.execution.local_training import broadcast_to, take_step
 from fedtorch.execution.slots import intra_op_threads
 from fedtorch.flat import FlatModule, ParamLayout
 from fedtorch.protocol import Broadcast, ClientResult, ClientTask, LocalRun, RoundContext, State
@@ -197,15 +197,7 @@ class VectorizedExecutor(Executor):
             batch[:] = [self.train_x[idx], self.train_y[idx], weight[k]]
             active = sum(1 for n in steps if n > k)  # rows active..count-1 have taken all their steps
             saved = _save_rows(run, active) if active < count else None
-            point = algorithm.perturb(run)
-            if point is None:
-                g, loss = fn(y, *batch)
-            else:
-                loss, g = grad_at(point)
-            run.loss = loss
-            algorithm.local_step(run, algorithm.direction(run, g))
-            run.step += 1
-            loss_sum += loss
+            loss_sum += take_step(algorithm, run, lambda: fn(y, *batch)[::-1])
             if saved is not None:
                 _restore_rows(run, active, saved)
         mean_loss = (loss_sum / steps_dev.clamp(min=1)).unsqueeze(1)
