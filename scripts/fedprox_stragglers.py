@@ -33,7 +33,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from fedtorch.experiment.atomic import atomic_path, write_text  # noqa: E402
+from fedtorch.experiment.atomic import write_text  # noqa: E402
+from fedtorch.experiment.plots import save_figure  # noqa: E402
 from fedtorch.experiment.config import apply_overrides, load_experiment, validate  # noqa: E402
 from fedtorch.experiment.runner import prepare  # noqa: E402
 from fedtorch.federation import ClientStateStore, run_sync  # noqa: E402
@@ -131,10 +132,7 @@ def plot(rows: list[dict], path: Path) -> None:
     axes[0].set_ylabel("training loss")
     axes[0].legend()
     fig.suptitle("Fashion-MNIST, 1000 clients (power law, 2 classes each), logreg, 20 local epochs, 10 clients per round")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

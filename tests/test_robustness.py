@@ -226,13 +226,13 @@ def test_fedprox_stragglers_script_writes_atomically(tmp_path, tiny_idx_dir, mon
         written.append(Path(path).name)
         return real_write_text(path, text)
 
-    def spy_atomic_path(path):
+    def spy_save_figure(fig, path):  # fedtorch.experiment.plots.save_figure: atomic PNG
         written.append(Path(path).name)
-        return real_atomic_path(path)
+        return real_save_figure(fig, path)
 
-    real_write_text, real_atomic_path = mod.write_text, mod.atomic_path
+    real_write_text, real_save_figure = mod.write_text, mod.save_figure
     monkeypatch.setattr(mod, "write_text", spy_write_text)
-    monkeypatch.setattr(mod, "atomic_path", spy_atomic_path)
+    monkeypatch.setattr(mod, "save_figure", spy_save_figure)
     out = tmp_path / "out"
     monkeypatch.setattr(sys, "argv", ["fedprox_stragglers.py", "--rounds", "1", "--eval-every", "1", "--out", str(out)])
     mod.main()

@@ -23,7 +23,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from fedtorch.experiment.atomic import atomic_path, write_text  # noqa: E402
+from fedtorch.experiment.atomic import write_text  # noqa: E402
+from fedtorch.experiment.plots import save_figure  # noqa: E402
 from fedtorch.experiment.recorder import Recorder, _csv, _finite_or_none  # noqa: E402
 from fedtorch.federation.async_loop import AsyncReport, UpdateRecord  # noqa: E402
 
@@ -150,9 +151,4 @@ def plot_async(metrics: list[dict], run_dir: Path, title: str = "") -> Path:
             ax.grid(alpha=0.3)
     axes[0, 0].legend(fontsize=8)
     fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(run_dir) / "async_progress.png"
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, Path(run_dir) / "async_progress.png")

@@ -22,7 +22,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from fedtorch.algorithms import available_algorithms, get_algorithm  # noqa: E402
-from fedtorch.experiment.atomic import atomic_path, write_text  # noqa: E402
+from fedtorch.experiment.atomic import write_text  # noqa: E402
+from fedtorch.experiment.plots import save_figure  # noqa: E402
 from fedtorch.data.partition import PARTITIONERS  # noqa: E402
 from fedtorch.experiment.config import apply_overrides, clients_per_round, parse_override, validate  # noqa: E402
 from fedtorch.experiment.errors import ConfigError  # noqa: E402
@@ -222,7 +223,4 @@ def write_report(out: Path, rows: list[dict], cfg: DictConfig, target: float) ->
     ax.set_ylabel("test accuracy")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
-    fig.tight_layout()
-    with atomic_path(out / "accuracy.png") as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    save_figure(fig, out / "accuracy.png")

@@ -26,7 +26,8 @@ from omegaconf import DictConfig  # noqa: E402
 
 from fedtorch.data import DataFileError, PartitionError, load_split  # noqa: E402
 from fedtorch.data.stats import PartitionSummary, label_counts, summarize  # noqa: E402
-from fedtorch.experiment.atomic import atomic_path, write_text  # noqa: E402
+from fedtorch.experiment.atomic import write_text  # noqa: E402
+from fedtorch.experiment.plots import save_figure  # noqa: E402
 from fedtorch.experiment.errors import ConfigError  # noqa: E402
 
 
@@ -73,25 +74,18 @@ def write_report(counts: np.ndarray, out_dir: Path, title: str) -> PartitionSumm
     ax.set_ylabel("client")
     ax.set_title(f"samples per client and class\n{title}", fontsize=10)
     fig.colorbar(image, ax=ax, label="samples (square-root scale)")
-    _save(fig, out_dir / "heatmap.png")
+    save_figure(fig, out_dir / "heatmap.png")
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     ax.hist(sizes, bins=min(50, max(10, len(sizes) // 5)), color="tab:blue", edgecolor="white")
     ax.set_xlabel("samples per client")
     ax.set_ylabel("clients")
     ax.set_title(f"client sizes\n{title}", fontsize=10)
-    _save(fig, out_dir / "sizes.png")
+    save_figure(fig, out_dir / "sizes.png")
 
     summary = summarize(counts)
     write_text(out_dir / "summary.json", json.dumps(dataclasses.asdict(summary), indent=2) + "\n")
     return summary
-
-
-def _save(fig, path: Path) -> None:
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
 
 
 def format_summary(s: PartitionSummary) -> str:

@@ -12,6 +12,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 from fedtorch.experiment.atomic import atomic_path  # noqa: E402
 
 
+def save_figure(fig, path: str | Path) -> Path:
+    """Lay out ``fig``, write it to ``path`` as PNG atomically and close it; returns ``path``."""
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return Path(path)
+
+
 def plot_run(metrics: list[dict], run_dir: Path, title: str = "") -> list[Path]:
     """Write ``accuracy.png`` (test accuracy vs round) and ``loss.png`` (train and test
     loss vs round) into ``run_dir``; returns their paths."""
@@ -31,10 +40,5 @@ def plot_run(metrics: list[dict], run_dir: Path, title: str = "") -> list[Path]:
         ax.set_title(title)
         ax.grid(alpha=0.3)
         ax.legend()
-        fig.tight_layout()
-        path = run_dir / f"{name}.png"
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png")
-        plt.close(fig)
-        paths.append(path)
+        paths.append(save_figure(fig, run_dir / f"{name}.png"))
     return paths

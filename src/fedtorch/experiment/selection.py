@@ -14,7 +14,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from fedtorch.experiment.atomic import atomic_path, write_text  # noqa: E402
+from fedtorch.experiment.atomic import write_text  # noqa: E402
+from fedtorch.experiment.plots import save_figure  # noqa: E402
 
 
 def write_selection(pairs: list[tuple[int, int]], run_dir: Path, unit: str = "round") -> tuple[Path, Path]:
@@ -40,9 +41,4 @@ def write_selection(pairs: list[tuple[int, int]], run_dir: Path, unit: str = "ro
     ax.set_ylabel("client id")
     ax.set_title(f"selected clients per {unit}")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    png_path = run_dir / "selected.png"
-    with atomic_path(png_path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return csv_path, png_path
+    return csv_path, save_figure(fig, run_dir / "selected.png")
