@@ -14,6 +14,8 @@ from fedtorch.execution import EXECUTORS
 from fedtorch.federation import ClientStateStore, SyncSettings, run_sync, sample_clients
 from fedtorch.federation.async_loop import AsyncServer, AsyncSettings, run_async
 from fedtorch.federation.delays import DelayModel
+from fedtorch.federation.planning import HookError, Hooks
+from fedtorch.federation.server_steps import server_step
 from fedtorch.flat import FlatModule
 from fedtorch.protocol import Broadcast, ClientMessage, ClientTask, RoundContext, ServerState
 
@@ -91,14 +93,18 @@ def test_fedasync_mixes_the_local_model_with_the_staleness_discounted_weight():
 
 
 def test_fedbuff_buffers_k_scaled_updates_then_steps_the_server_optimizer():
+    """The loop's buffered step with FedBuff's K and s, uniform weights: x <- x - (1/K) sum s(tau) Delta."""
     alg = make("fedbuff", buffer_size=2)  # s(tau) = 1 / sqrt(1 + tau)
+    hooks = Hooks(alg, "async")
+    step = server_step(alg, hooks, None, concurrency=5, weighting="uniform")
+    assert step.buffer_size == 2  # the algorithm's K, not the concurrency
     server = alg.init_server(torch.tensor([1.0, 1.0]))
-    first = alg.apply_async(server, _message([0.4, 0.8]), staleness=3)  # weight 0.5 / 2
-    assert torch.equal(first.x, server.x) and first.round == 0 and int(first.extra["count"]) == 1
-    second = alg.apply_async(first, _message([0.2, -0.2]), staleness=0)  # weight 1 / 2
-    # x <- x - (0.25 * [0.4, 0.8] + 0.5 * [0.2, -0.2]) = x - [0.2, 0.1]
+    first, stored = step.arrive(server, 0, _message([0.4, 0.8]), {}, staleness=3)  # scale 0.5
+    assert torch.equal(first.x, server.x) and first.round == 0 and stored == []
+    second, stored = step.arrive(first, 1, _message([0.2, -0.2]), {}, staleness=0)  # scale 1
+    # x <- x - (0.5 * 0.5 * [0.4, 0.8] + 0.5 * [0.2, -0.2]) = x - [0.2, 0.1]
     torch.testing.assert_close(second.x, torch.tensor([0.8, 0.9]), rtol=0, atol=1e-7)
-    assert second.round == 1 and int(second.extra["count"]) == 0 and not second.extra["buffer"].any()
+    assert second.round == 1 and [c for c, _ in stored] == [0, 1] and step.buffer == []
 
 
 # ------------------------------------------------------------------ equivalences
@@ -125,7 +131,7 @@ def test_fedasync_alpha_one_concurrency_one_is_sequential_training():
 def test_fedbuff_k_equal_m_with_zero_delays_is_fedavg():
     """Zero delays, K = concurrency = M = 3 of 6 clients: every buffer is one synchronous
     cohort (same clients, same minibatches, staleness 0), so FedBuff is FedAvg with uniform weights."""
-    s = AsyncSettings(updates=4, concurrency=3, batch_size=4, local_epochs=2, lr=0.1, seed=1)
+    s = AsyncSettings(updates=4, concurrency=3, batch_size=4, local_epochs=2, lr=0.1, seed=1, weighting="uniform")
     core, records = run(make("fedbuff", buffer_size=3), s, DelayModel(model="constant", mean=0.0))
 
     data, ex, x0 = toy()
@@ -192,10 +198,18 @@ def test_async_runs_agree_across_executors(name, executor):
         assert float((got.server.x - ref.server.x).norm() / ref.server.x.norm()) <= 1e-5
 
 
-def test_an_algorithm_without_an_async_rule_is_refused():
+def test_an_algorithm_without_a_server_rule_is_refused():
+    """Any algorithm with ``aggregate`` runs asynchronously (buffered); an object with
+    neither ``aggregate`` nor ``apply_async`` is refused, naming what it lacks."""
+    class NoServerRule:
+        name = "half"
+        broadcast = init_client = init_server = staticmethod(lambda *a: None)
+
     s = AsyncSettings(updates=1, concurrency=1, batch_size=4, lr=0.1)
-    with pytest.raises(TypeError, match="'fedavg' has no asynchronous server rule"):
-        run(get_algorithm("fedavg")(), s, DelayModel())
+    with pytest.raises(HookError, match="'half' cannot run in the async loop: it has no apply_async or aggregate hook"):
+        run(NoServerRule(), s, DelayModel())
+    with pytest.raises(HookError, match="federation.buffer_size=2 is not allowed: algorithm 'fedasync' applies every arrival"):
+        run(make("fedasync"), AsyncSettings(**{**vars(s), "buffer_size": 2}), DelayModel())
 
 
 # ------------------------------------------------------------------ asyncio clock

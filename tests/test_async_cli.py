@@ -25,8 +25,13 @@ BAD = [
     (["federation.clock=threads"], "federation.clock: unknown value 'threads'; allowed: asyncio, simulated"),
     (["delays.model=trace"], "delays.model='trace' needs delays.trace, a CSV file client_id,step_seconds,delay_seconds"),
     (["delays.model=trace", "delays.trace=/nonexistent.csv"], "delays.trace='/nonexistent.csv': no such file"),
-    (["algorithm.name=fedavg"], "algorithm.name='fedavg' has no asynchronous server rule, so it cannot run with "
-                                "federation.mode=async; use one of fedasync, fedbuff"),
+    (["federation.buffer_size=2"], "federation.buffer_size=2 is not allowed: algorithm 'fedasync' applies every "
+                                   "arrival at once (apply_async) and has no buffer"),
+    (["algorithm.name=fedbuff", "federation.buffer_size=2"], "federation.buffer_size=2 is not allowed: algorithm "
+                                                             "'fedbuff' sets its own buffer size (algorithm.buffer_size)"),
+    (["algorithm.name=fedavg", "federation.buffer_size=0"], "federation.buffer_size=0 is not allowed: must be null or >= 1"),
+    (["eval.clients_every=2"], "eval.clients_every=2 is not allowed: per-client evaluation needs federation.mode=sync"),
+    (["federation.sleep_scale=-1"], "federation.sleep_scale=-1.0 is not allowed: must be >= 0"),
     (["stragglers.fraction=0.5"], "stragglers are for federation.mode=sync"),
     (["federation.mode=semi"], "federation.mode: unknown value 'semi'; allowed: async, sync"),
 ]
@@ -35,6 +40,8 @@ BAD_SYNC = [
     (["stragglers.policy=wait"], "stragglers.policy: unknown value 'wait'; allowed: drop, keep"),
     (["client.lr_delay_alpha=0.1"], "needs federation.mode=async (synchronous rounds have no delays)"),
     (["client.early_stopping=-1"], "client.early_stopping=-1 is not allowed: must be >= 0 epochs"),
+    (["federation.buffer_size=3"], "federation.buffer_size=3 is not allowed: needs federation.mode=async"),
+    (["federation.weighting=size"], "federation.weighting: unknown value 'size'; allowed: samples, uniform"),
 ]
 
 
@@ -81,6 +88,18 @@ def test_async_run_outputs_and_the_asyncio_clock_repeat_the_event_log(capsys, ti
     (first / "result.json").unlink()  # as if killed: still no resume for an async run
     code, _, err = run_cli(capsys, "run", "--resume", first)
     assert code == 2 and "async runs cannot be resumed" in err
+
+
+def test_a_synchronous_algorithm_runs_async_through_the_cli_and_matches_its_sync_run(capsys, tiny_experiment, runs_dir):
+    """fedavg in async mode (no apply_async: the buffered step, K = concurrency = 4), zero
+    delays: the run directory's final model is the synchronous run's with M = 4."""
+    code, _, _ = run_cli(capsys, "run", tiny_experiment, "federation.clients_per_round=4", "rounds=3")
+    assert code == 0
+    code, out, _ = run_cli(capsys, "run", tiny_experiment, "federation.mode=async", "federation.concurrency=4", "rounds=3")
+    assert code == 0 and "12 client updates in 0.0 simulated seconds" in out
+    sync, asynchronous = run_dirs(runs_dir)
+    assert json.loads((asynchronous / "result.json").read_text())["mode"] == "async"
+    assert torch.equal(final_model(sync), final_model(asynchronous))
 
 
 def test_max_seconds_and_a_trace_file(capsys, tmp_path, tiny_experiment, runs_dir):

@@ -73,3 +73,95 @@ def test_global_only_algorithms_have_no_personal_accuracy_and_deltasgd_logs_step
     with open(run_dir / "clients.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 8 and all(float(r["step_size"]) > 0 for r in rows)
+
+
+# ------------------------------------------------------------------ fine-tuning draws and hook fallbacks
+
+
+def _four_clients():
+    from torch import nn
+
+    from fedtorch.data import FederatedData, TensorDataset
+    from fedtorch.execution import SerialExecutor
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(56, 5, generator=g), torch.randint(0, 3, (56,), generator=g)
+    sizes = [12, 16, 8, 20]  # unequal n_i, each more than one minibatch of 4
+    bounds = torch.tensor([0, *sizes]).cumsum(0).tolist()
+    parts = [torch.arange(a, b) for a, b in zip(bounds, bounds[1:])]
+    train = [p[: len(p) * 3 // 4] for p in parts]
+    holdout = [p[len(p) * 3 // 4:] for p in parts]
+    ex = SerialExecutor(lambda: nn.Linear(5, 3), x, y, 4, nn.functional.cross_entropy)
+    torch.manual_seed(0)
+    from fedtorch.flat import FlatModule
+
+    x0 = FlatModule(nn.Linear(5, 3)).params.detach().clone()
+    return FederatedData(TensorDataset(x, y, x, y, 3, "toy"), train), holdout, ex, x0
+
+
+class _FirstGradient:
+    """A local rule (plain SGD) that records each client's first minibatch gradient."""
+
+    def __init__(self):
+        from fedtorch.algorithms import get_algorithm
+
+        self.inner = get_algorithm("fedavg")()
+        self.first = {}
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def direction(self, run, g):
+        if run.step == 0:
+            self.first[run.ctx.client_id] = g.clone()
+        return g
+
+
+def test_fine_tuning_does_not_draw_the_minibatches_of_the_next_training_round():
+    """Per-client evaluation after round t fine-tunes at server.round = t + 1; with the
+    training seed it drew exactly the minibatches each client trains on in round t + 1
+    (same first gradient at the same model). Its own purpose gives other minibatches."""
+    from fedtorch.algorithms import get_algorithm
+    from fedtorch.federation.client_eval import evaluate_clients
+    from fedtorch.protocol import ClientTask, Personalization, RoundContext
+
+    data, holdout, ex, x0 = _four_clients()
+    tune = _FirstGradient()
+
+    class Personalised(get_algorithm("fedavg")):
+        def personalization(self):
+            return Personalization(algorithm=tune, steps=2, lr=0.1)
+
+    alg = Personalised()
+    server = alg.init_server(x0).replace(round=5)
+    evaluate_clients(alg, ex, data, holdout, server, batch_size=4, seed=7)
+    train = _FirstGradient()  # round 5's local training of the same clients from the same model
+    tasks = [ClientTask(RoundContext(5, c, 7, data.num_samples(c), 3, 0.1), data.client_indices[c]) for c in range(4)]
+    ex.run(train, train.broadcast(server), tasks, [{} for _ in range(4)])
+    assert sorted(tune.first) == sorted(train.first) == [0, 1, 2, 3]
+    for c in range(4):
+        assert not torch.equal(tune.first[c], train.first[c]), c
+
+
+def test_client_eval_falls_back_to_the_default_hooks():
+    """An algorithm object without eval_model / personalization: the global model x is
+    evaluated and there is no personalised accuracy (not an AttributeError)."""
+    from fedtorch.algorithms import get_algorithm
+    from fedtorch.federation.client_eval import evaluate_clients
+
+    data, holdout, ex, x0 = _four_clients()
+
+    class Bare:
+        def __init__(self):
+            self.inner = get_algorithm("fedavg")()
+
+        def __getattr__(self, name):
+            if name in ("eval_model", "personalization"):
+                raise AttributeError(name)
+            return getattr(self.inner, name)
+
+    server = get_algorithm("fedavg")().init_server(x0)
+    out = evaluate_clients(Bare(), ex, data, holdout, server, batch_size=4, seed=0)
+    accs = torch.tensor([ex.evaluate(x0, data.data.train_x[h], data.data.train_y[h])[1] for h in holdout])
+    assert set(out) == {"client_acc_mean", "client_acc_std", "client_acc_worst10", "client_acc_best10"}
+    assert out["client_acc_mean"] == pytest.approx(accs.double().mean().item())

@@ -143,3 +143,51 @@ def test_sync_rounds_with_dropped_and_kept_stragglers():
         steps = {r.client_id: r.message.num_steps for r in keep.results}
         assert survivor.message.num_steps == steps[survivor.client_id] == 12
         assert sorted(steps.values())[:9] != [12] * 9
+
+
+# ------------------------------------------------------------------ one rule, one message
+
+
+def test_each_rule_gives_the_same_message_in_the_config_and_in_the_loops(tiny_experiment):
+    """The loops' settings and the config call the same rule: a bad value gives the same
+    words whether it comes from the command line or from code that builds the settings."""
+    from fedtorch.experiment.config import apply_overrides, load_experiment, validate
+    from fedtorch.experiment.errors import ConfigError
+    from fedtorch.experiment.runner import prepare
+    from fedtorch.federation.async_loop import AsyncServer, AsyncSettings, run_async
+    from fedtorch.federation.sampling import sample_clients
+
+    base, _ = load_experiment(tiny_experiment)
+
+    def config_message(*overrides):
+        with pytest.raises(ConfigError) as e:
+            validate(apply_overrides(base, list(overrides)))
+        return str(e.value)
+
+    def loop_message(call):
+        with pytest.raises(ValueError) as e:
+            call()
+        return str(e.value)
+
+    common = dict(batch_size=4, lr=0.1)
+    prep = prepare(validate(base))
+    server = prep.algorithm.init_server(prep.x0)
+
+    def async_server(**kw):
+        return AsyncServer(get_algorithm("fedasync")(), prep.executor, prep.data, server, ClientStateStore(),
+                           AsyncSettings(updates=1, concurrency=kw.pop("concurrency", 2), **common, **kw), DelayModel())
+
+    cases = [
+        (["stragglers.policy=wait"], lambda: SyncSettings(rounds=1, clients_per_round=2, straggler_policy="wait", **common)),
+        (["stragglers.fraction=1.0"], lambda: AsyncSettings(updates=1, concurrency=2, straggler_fraction=1.0, **common)),
+        (["federation.weighting=size"], lambda: SyncSettings(rounds=1, clients_per_round=2, weighting="size", **common)),
+        (["federation.clients_per_round=11"], lambda: sample_clients(0, 0, 10, 11)),
+        (["federation.mode=async", "algorithm.name=fedasync", "federation.concurrency=11"], lambda: async_server(concurrency=11)),
+        (["federation.mode=async", "algorithm.name=fedasync", "federation.clock=threads"],
+         lambda: run_async(async_server(), clock="threads")),
+        (["federation.mode=async", "algorithm.name=fedasync", "client.lr_delay_alpha=-1"],
+         lambda: async_server(lr_delay_alpha=-1.0)),
+        (["federation.mode=async", "algorithm.name=fedavg", "federation.buffer_size=0"], lambda: async_server(buffer_size=0)),
+    ]
+    for overrides, call in cases:
+        assert config_message(*overrides) == loop_message(call), overrides

@@ -28,15 +28,18 @@ the executor may end local training before K_i steps; it then calls ``finish_loc
 ``run.ctx.num_steps`` replaced by the steps actually taken, so messages report (and hooks
 that use K_i compute with) the work really done.
 
-Asynchronous server rule (optional hook, for ``fedtorch.federation.async_loop``)::
+Asynchronous runs (``fedtorch.federation.async_loop``) use one of two server steps
+(``fedtorch.federation.server_steps``):
 
-    server = algorithm.apply_async(server, message, staleness)
-
-called once per arriving client, in simulated arrival order, with one unstacked message and
-``staleness`` = server version (``server.round``) at arrival minus the version the client
-started from. The rule increments ``server.round`` whenever it changes the global model
-(FedAsync: every call; FedBuff: every K-th call). Algorithms without it cannot run
-asynchronously; the async loop says so.
+* per arrival, for an algorithm with the optional hook
+  ``server = algorithm.apply_async(server, message, staleness)`` (FedAsync): called once per
+  arriving client, in simulated arrival order, with one unstacked message and ``staleness`` =
+  server version (``server.round``) at arrival minus the version the client started from;
+* buffered, for every other algorithm (FedBuff, Nguyen et al. 2022, and any synchronous
+  rule): K arrivals (``buffer_size(default)``, default the concurrency) are collected, each
+  delta scaled by ``staleness_scale(tau)`` (default 1/sqrt(1 + tau)), and the algorithm's own
+  ``aggregate`` runs over the stacked buffer, then ``after_aggregate`` for its clients. With
+  zero delays and K = concurrency = M this is the synchronous round, bit for bit.
 
 All tensors are flat: ``(P,)`` for one client, or ``(C, P)`` with a leading client
 dimension; hooks must work for both (reduce with ``dim=-1``, ``keepdim=True``).
@@ -64,6 +67,11 @@ federation loop falls back to them for objects that lack one):
   the last two global iterates).
 * ``personalization() -> Personalization | None``: how per-client evaluation fine-tunes
   the global model before measuring personalised accuracy (Per-FedAvg).
+* ``buffer_size(default) -> K`` and ``staleness_scale(staleness) -> float``: the buffered
+  asynchronous server step (FedBuff).
+
+Both loops reach these hooks only through ``fedtorch.federation.planning.Hooks``, which also
+refuses an algorithm that lacks a hook the loop needs.
 
 Algorithms that need facts about the whole federation (N for SCAFFOLD and FedDyn, eta_l
 for FedCM's server side) receive a :class:`FederationInfo` at construction.
@@ -112,10 +120,32 @@ class FederationInfo:
     Attributes:
         num_clients: N, the total number of clients.
         lr: eta_l, the configured local learning rate.
+        weighting: ``federation.weighting``: ``"samples"`` (the objective is
+            sum_i (n_i / n) f_i over all N clients) or ``"uniform"`` ((1/N) sum_i f_i).
+        total_samples: n = sum_i n_i over all N clients (None: unknown, then
+            ``"samples"`` falls back to uniform population weights).
+        mean_local_steps: mean K_i over the N clients under the configured schedule
+            (epochs x ceil(n_i / B), or the fixed ``local_steps``); None: unknown.
     """
 
     num_clients: int
     lr: float
+    weighting: str = "samples"
+    total_samples: int | None = None
+    mean_local_steps: float | None = None
+
+    def population_weights(self, num_samples: Tensor) -> Tensor:
+        """q_i of the aggregated clients in the federation's objective sum_i q_i f_i.
+
+        ``(M,)`` float64: n_i / n under ``"samples"`` (when ``total_samples`` is known),
+        else 1 / N. Unlike the round's p_i they do not sum to 1 over a partial cohort:
+        a drift-corrected method that keeps c = sum_{all i} q_i c_i adds
+        sum_{i in S} q_i dc_i (Karimireddy et al. 2020, Alg. 1: (M/N) mean dc under uniform).
+        """
+        n = num_samples.to(torch.float64)
+        if self.weighting == "samples" and self.total_samples:
+            return n / self.total_samples
+        return torch.full_like(n, 1.0 / self.num_clients)
 
 
 @dataclass(frozen=True)
@@ -261,8 +291,8 @@ class Algorithm(Protocol):
     ``after_aggregate``, ``eval_model`` and ``personalization`` may be left out by an
     object that is not a ``FedAlgorithm``: the federation loops then use K_i from the
     schedule, keep client states unchanged, evaluate ``server.x`` and skip
-    personalisation. ``apply_async`` (FedAsync, Xie et al. 2019; FedBuff, Nguyen et al.
-    2022) is needed only by ``federation.mode=async``.
+    personalisation. ``apply_async`` (FedAsync, Xie et al. 2019) is optional too: without
+    it ``federation.mode=async`` runs the buffered server step over ``aggregate``.
     """
 
     name: str

@@ -1,33 +1,33 @@
 """FedBuff — Nguyen et al., AISTATS 2022, "Federated Learning with Buffered Asynchronous
 Aggregation", Algorithm 1.
 
-Clients run local SGD from the version they received and send Delta_i = x_tau - y_i. The
-server adds each arriving update, scaled by a staleness weight, to a buffer, and steps once
-K updates are in it::
+Clients run local SGD from the version tau they received and send Delta_i = x_tau - y_i.
+The server scales each arriving update by a staleness weight, buffers it, and steps once K
+updates are in the buffer::
 
-    buffer <- buffer + s(t - tau) Delta_i / K          (s default: 1 / sqrt(1 + tau))
-    after the K-th arrival:  x <- ServerOpt(x, buffer)  (SGD: x - eta_g buffer);  buffer <- 0
+    Delta_i <- s(t - tau_i) Delta_i                      (s default: 1 / sqrt(1 + tau))
+    after the K-th arrival:  x <- ServerOpt(x, sum_i p_i Delta_i)   (SGD: x - eta_g ...)
 
-so the step is eta_g times the mean of the K scaled updates, and server.round counts
-buffer flushes. The buffer is a running sum (P floats in ``server.extra``), so K does not
-cost memory. Any ``server.optimizer`` applies to the buffered mean, as to FedAvg's Delta.
+so with uniform p_i = 1/K the step is eta_g times the mean of the K scaled updates, the
+paper's rule; ``federation.weighting=samples`` (the default) weighs the buffer by n_i
+instead. server.round counts buffer flushes.
 
-Equivalence: with zero delays and K = concurrency = M every buffer holds exactly one cohort
-of M clients trained from the same x, with staleness 0, so FedBuff is FedAvg with uniform
-weights. In synchronous rounds the rule is FedAvg's (``aggregate`` is not overridden).
+The buffer is not kept here: it is the asynchronous loop's buffered server step
+(:mod:`fedtorch.federation.server_steps`), which runs every synchronous algorithm this way;
+FedBuff only supplies K (:meth:`FedBuff.buffer_size`) and s (:meth:`FedBuff.staleness_scale`)
+and FedAvg's ``aggregate`` (any ``server.optimizer`` applies to the buffered mean). So
+FedBuff in asynchronous mode is exactly ``algorithm.name=fedavg`` with ``federation.buffer_size=K``
+and FedBuff's s, and in synchronous rounds (every staleness 0) it is FedAvg. The buffer holds
+the K messages (K x P floats).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-from torch import Tensor
-
 from fedtorch.algorithms.base import FedAlgorithm, check
 from fedtorch.algorithms.registry import register
 from fedtorch.algorithms.staleness import check_staleness_hparams, staleness_weight
-from fedtorch.protocol import ClientMessage, ServerState, State
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -55,21 +55,11 @@ class FedBuff(FedAlgorithm):
     paper = "Nguyen et al., AISTATS 2022, Federated Learning with Buffered Asynchronous Aggregation"
     Hparams = FedBuffHparams
 
-    def init_extra(self, x0: Tensor) -> State:
-        """An empty buffer: ``buffer`` ``(P,)`` zeros and ``count`` (0-dim int64) 0."""
-        return _empty_buffer(x0)
+    def buffer_size(self, default: int) -> int:
+        """K, updates per server step of the buffered asynchronous step (``default`` unused)."""
+        return self.hp.buffer_size
 
-    def apply_async(self, server: ServerState, message: ClientMessage, staleness: int) -> ServerState:
-        """Buffer s(staleness) Delta_i / K; on the K-th update step the server optimiser."""
+    def staleness_scale(self, staleness: int) -> float:
+        """s(staleness) applied to Delta_i before it enters the buffer (1.0 at staleness 0)."""
         hp = self.hp
-        weight = staleness_weight(hp.staleness, staleness, hp.staleness_a, hp.staleness_b) / hp.buffer_size
-        buffer = server.extra["buffer"] + weight * message.delta
-        count = server.extra["count"] + 1
-        if int(count) < hp.buffer_size:
-            return server.replace(extra={**server.extra, "buffer": buffer, "count": count})
-        x, opt = self.server_optimizer.step(server.x, buffer, server.opt)
-        return server.replace(x=x, opt=opt, extra={**server.extra, **_empty_buffer(x)}, round=server.round + 1)
-
-
-def _empty_buffer(x: Tensor) -> dict[str, Tensor]:
-    return {"buffer": torch.zeros_like(x), "count": torch.zeros((), dtype=torch.int64, device=x.device)}
+        return staleness_weight(hp.staleness, staleness, hp.staleness_a, hp.staleness_b)

@@ -1,26 +1,25 @@
-"""Running an experiment with ``federation.mode=async`` (the runner's branch for it).
+"""The asynchronous loop of an experiment (``federation.mode=async``), as the runner calls it.
 
 ``rounds`` counts global-model versions (server updates); ``federation.max_seconds`` can
-also stop the run in simulated time. The final model is always evaluated and saved in
-``checkpoint.pt``. Async runs cannot be resumed: the clients in flight (their models and
-timers) are not checkpointed, so ``--resume`` is refused with a config error.
+also stop the run in simulated time. Any algorithm runs: one with ``apply_async`` per
+arrival, every other one through the buffered server step
+(:mod:`fedtorch.federation.server_steps`, ``federation.buffer_size``). The final model is
+always evaluated and saved in ``checkpoint.pt``; whether the run can be resumed is decided
+in one place, :func:`fedtorch.experiment.runner.check_resumable`. The run directory's
+epilogue (model, plots, selection, ``result.json``) is the runner's, shared with the
+synchronous loop.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Callable
 
 from fedtorch.experiment.async_outputs import AsyncRecorder, plot_async
-from fedtorch.experiment.atomic import write_text
-from fedtorch.experiment.checkpoint import save_checkpoint, save_model
-from fedtorch.experiment.config import clients_per_round, delay_model
-from fedtorch.experiment.errors import ConfigError
-from fedtorch.experiment.plots import plot_run
+from fedtorch.experiment.checkpoint import save_checkpoint
+from fedtorch.experiment.config import clients_per_round, delay_model, local_work
 from fedtorch.experiment.progress import RoundProgress
-from fedtorch.experiment.recorder import final_result
-from fedtorch.experiment.selection import write_selection
+from fedtorch.experiment.runner import RunOutcome
 from fedtorch.federation.async_loop import AsyncServer, AsyncSettings, run_async
 from fedtorch.federation.client_states import ClientStateStore
 
@@ -30,39 +29,33 @@ def async_settings(cfg) -> AsyncSettings:
 
     ``rounds`` becomes the number of server updates, ``federation.concurrency`` the
     clients in flight (null: M, :func:`~fedtorch.experiment.config.clients_per_round`),
-    ``federation.max_seconds`` the simulated-time limit (seconds, or None); the local
-    training keys come from ``client.*``, the seed from ``seed``, ``eval_every`` from
-    ``eval.every`` (server versions between test evaluations).
+    ``federation.buffer_size`` the buffered step's K, ``federation.max_seconds`` the
+    simulated-time limit (seconds, or None); the local work is
+    :func:`~fedtorch.experiment.config.local_work`'s, as for synchronous rounds, and
+    ``eval_every`` comes from ``eval.every`` (server versions between test evaluations).
 
     Args:
-        cfg: a config that passed :func:`~fedtorch.experiment.config.validate` (values are
-            not checked again).
+        cfg: a config that passed :func:`~fedtorch.experiment.config.validate`.
     """
-    c, f = cfg.client, cfg.federation
+    f = cfg.federation
     return AsyncSettings(
-        updates=cfg.rounds, concurrency=f.concurrency or clients_per_round(cfg), batch_size=c.batch_size,
-        local_epochs=c.local_epochs, local_steps=c.local_steps, lr=c.lr, lr_delay_alpha=c.lr_delay_alpha,
-        early_stopping=c.early_stopping, seed=cfg.seed, eval_every=cfg.eval.every, max_seconds=f.max_seconds,
+        **local_work(cfg), updates=cfg.rounds, concurrency=f.concurrency or clients_per_round(cfg),
+        lr_delay_alpha=cfg.client.lr_delay_alpha, buffer_size=f.buffer_size, eval_every=cfg.eval.every,
+        max_seconds=f.max_seconds,
     )
 
 
-def execute_async(prep, run_dir: Path, resume: bool = False, on_row: Callable[[dict], None] | None = None) -> dict:
-    """Run the asynchronous loop of a prepared experiment and write its run directory.
+def run_async_loop(prep, run_dir: Path, on_row: Callable[[dict], None] | None = None) -> RunOutcome:
+    """Run the asynchronous loop of a prepared experiment, writing its logs into ``run_dir``.
 
     Args:
-        prep: the runner's ``Prepared`` (data, algorithm, executor, x0, config).
+        prep: the runner's ``Prepared`` (``settings`` is an :class:`AsyncSettings`).
         run_dir: the run directory (``config.yaml`` already written).
-        resume: must be False.
         on_row: called with every metrics row (one per server version).
 
     Returns:
-        The result, also written to ``result.json``.
-
-    Raises:
-        ConfigError: ``resume`` requested.
+        The :class:`~fedtorch.experiment.runner.RunOutcome` for the runner's epilogue.
     """
-    if resume:
-        raise ConfigError(f"{run_dir} is an async run (federation.mode=async); async runs cannot be resumed, run it again")
     cfg, run_dir = prep.cfg, Path(run_dir)
     store = ClientStateStore()
     recorder = AsyncRecorder(run_dir, tensorboard=cfg.logging.tensorboard)
@@ -81,26 +74,22 @@ def execute_async(prep, run_dir: Path, resume: bool = False, on_row: Callable[[d
 
     try:
         core = AsyncServer(prep.algorithm, prep.executor, prep.data, prep.algorithm.init_server(prep.x0), store,
-                           async_settings(cfg), delay_model(cfg), evaluate, on_update)
+                           prep.settings, delay_model(cfg), evaluate, on_update)
         run_async(core, clock=cfg.federation.clock, sleep_scale=cfg.federation.sleep_scale)
         metrics = recorder.metrics
         if metrics and metrics[-1]["test_accuracy"] is None:  # stopped by max_seconds between evaluations
-            metrics[-1]["test_loss"], metrics[-1]["test_accuracy"] = evaluate(core.server.x)
+            metrics[-1]["test_loss"], metrics[-1]["test_accuracy"] = evaluate(core.hooks.eval_model(core.server))
     finally:
         progress.close()
         recorder.close()
     save_checkpoint(run_dir, core.server, store.state_dict(), prep.executor.replica.layout)
-    save_model(run_dir, prep.executor.replica.layout, core.server.x)
-    title = f"{cfg.algorithm.name} on {cfg.data.dataset}, async"
-    plot_run(metrics, run_dir, title=title)
-    plot_async(metrics, run_dir, title=title)
-    write_selection([(u["wave"], u["client_id"]) for u in recorder.updates], run_dir, "wave")
-    result = {
-        "mode": "async",
-        **final_result(cfg, metrics, core.server.round),
-        "updates": core.arrivals,
-        "simulated_seconds": core.now,
-        "mean_staleness": sum(u["staleness"] for u in recorder.updates) / max(len(recorder.updates), 1),
-    }
-    write_text(run_dir / "result.json", json.dumps(result, indent=2) + "\n")
-    return result
+    return RunOutcome(
+        server=core.server, metrics=metrics, rounds=core.server.round,
+        selection=[(u["wave"], u["client_id"]) for u in recorder.updates], unit="wave", title_suffix=", async",
+        result_head={"mode": "async"},
+        result_tail={
+            "updates": core.arrivals, "simulated_seconds": core.now,
+            "mean_staleness": sum(u["staleness"] for u in recorder.updates) / max(len(recorder.updates), 1),
+        },
+        plots=[plot_async],
+    )

@@ -27,7 +27,12 @@ from fedtorch.data import DATASETS, PARTITIONERS
 from fedtorch.execution import MODES, SlotError, parse_slots
 from fedtorch.experiment.errors import ConfigError
 from fedtorch.experiment.schema import Config
+from fedtorch.federation.async_loop import check_async_times, check_clock, check_concurrency
 from fedtorch.federation.delays import DelayError, DelayModel, read_trace
+from fedtorch.federation.planning import HookError, Hooks, check_weighting
+from fedtorch.federation.sampling import check_clients_per_round
+from fedtorch.federation.server_steps import check_buffer_size
+from fedtorch.federation.stragglers import check_stragglers
 from fedtorch.models import MODELS
 
 _FOLDER_RE = re.compile(r"(?:^|_)A(\d+(?:d\d+)?)C(\d+)$")
@@ -195,6 +200,17 @@ def _require(ok: bool, key: str, value: Any, rule: str) -> None:
         raise ConfigError(f"{key}={value!r} is not allowed: {rule}")
 
 
+def _rule(check, *args) -> None:
+    """Apply a rule owned by a lower layer (its message names the key); ConfigError on failure.
+
+    The loops' own settings call the same functions, so each rule and its message exist once.
+    """
+    try:
+        check(*args)
+    except (ValueError, HookError) as e:
+        raise ConfigError(str(e)) from None
+
+
 def validate(cfg: DictConfig) -> DictConfig:
     """Check every value; return the config with the algorithm's defaults filled in.
 
@@ -209,7 +225,7 @@ def validate(cfg: DictConfig) -> DictConfig:
     _choice("model.name", cfg.model.name, MODELS)
     _choice("execution.mode", cfg.execution.mode, MODES)
     _validate_federation(cfg)  # mode, async clock and delays, stragglers, early stopping
-    _choice("federation.weighting", f.weighting, {"samples", "uniform"})
+    _rule(check_weighting, f.weighting)
     _choice("logging.progress", cfg.logging.progress, {"auto", "rich", "plain", "none"})
     _require(d.alpha > 0, "data.alpha", d.alpha, "Dirichlet alpha must be > 0")
     _require(d.num_clients >= 1, "data.num_clients", d.num_clients, "must be >= 1")
@@ -236,12 +252,7 @@ def validate(cfg: DictConfig) -> DictConfig:
     if f.participation is not None:
         _require(0 < f.participation <= 1, "federation.participation", f.participation, "must be in (0, 1]")
     else:
-        _require(
-            1 <= f.clients_per_round <= d.num_clients,
-            "federation.clients_per_round",
-            f.clients_per_round,
-            f"must be in [1, data.num_clients={d.num_clients}]",
-        )
+        _rule(check_clients_per_round, f.clients_per_round, d.num_clients)
     _require(cfg.eval.every >= 1, "eval.every", cfg.eval.every, "must be >= 1")
     _require(cfg.eval.clients_every >= 0, "eval.clients_every", cfg.eval.clients_every, "must be >= 0 (0: off)")
     _require(0 < cfg.eval.holdout < 1, "eval.holdout", cfg.eval.holdout, "must be in (0, 1)")
@@ -301,6 +312,18 @@ def _validate_execution(e: DictConfig) -> None:
             raise ConfigError(str(err)) from None
 
 
+def local_work(cfg: DictConfig) -> dict[str, Any]:
+    """The :class:`~fedtorch.federation.planning.LocalWork` keyword arguments of a validated
+    config, shared by ``SyncSettings`` and ``AsyncSettings`` (``client.*``, ``seed``,
+    ``federation.weighting``, ``stragglers.*``)."""
+    c = cfg.client
+    return dict(
+        batch_size=c.batch_size, local_epochs=c.local_epochs, local_steps=c.local_steps, lr=c.lr, seed=cfg.seed,
+        weighting=cfg.federation.weighting, straggler_fraction=cfg.stragglers.fraction,
+        straggler_policy=cfg.stragglers.policy, early_stopping=c.early_stopping,
+    )
+
+
 def clients_per_round(cfg: DictConfig) -> int:
     """M: ``federation.participation * N`` (rounded, at least 1) if set, else ``clients_per_round``."""
     f = cfg.federation
@@ -326,32 +349,29 @@ def flat_defaults() -> list[tuple[str, Any]]:
 
 def _validate_federation(cfg: DictConfig) -> None:
     """``federation.*`` (sync or async), ``delays.*``, ``stragglers.*`` and the client options
-    that depend on the mode (``client.early_stopping``, ``client.lr_delay_alpha``)."""
+    that depend on the mode (``client.early_stopping``, ``client.lr_delay_alpha``). The
+    range rules live with the loops that use them (``fedtorch.federation``); the rules here
+    are about which options a mode honours."""
     f, c, st = cfg.federation, cfg.client, cfg.stragglers
     _choice("federation.mode", f.mode, {"sync", "async"})
     _require(c.early_stopping >= 0, "client.early_stopping", c.early_stopping, "must be >= 0 epochs (0: off)")
-    _require(c.lr_delay_alpha >= 0, "client.lr_delay_alpha", c.lr_delay_alpha, "must be >= 0 (0: no delay discount)")
-    _require(0 <= st.fraction < 1, "stragglers.fraction", st.fraction, "must be in [0, 1)")
-    _choice("stragglers.policy", st.policy, {"drop", "keep"})
+    _rule(check_async_times, c.lr_delay_alpha, f.max_seconds)
+    _rule(check_stragglers, st.fraction, st.policy)
     if f.mode == "sync":
         _require(c.lr_delay_alpha == 0, "client.lr_delay_alpha", c.lr_delay_alpha,
                  "needs federation.mode=async (synchronous rounds have no delays)")
+        _require(f.buffer_size is None, "federation.buffer_size", f.buffer_size,
+                 "needs federation.mode=async (a synchronous round aggregates its whole cohort)")
         return
     cls, _ = algorithm_hparams(cfg)
-    if not callable(getattr(cls, "apply_async", None)):
-        rules = [n for n in available_algorithms() if callable(getattr(get_algorithm(n), "apply_async", None))]
-        raise ConfigError(
-            f"algorithm.name={cls.name!r} has no asynchronous server rule, so it cannot run with "
-            f"federation.mode=async; use one of {', '.join(rules)}"
-        )
+    _rule(check_buffer_size, f.buffer_size, Hooks(cls, "async"))
     _require(st.fraction == 0, "stragglers.fraction", st.fraction,
              "stragglers are for federation.mode=sync; in async mode slow clients come from delays.*")
-    _choice("federation.clock", f.clock, {"simulated", "asyncio"})
-    _require(f.sleep_scale >= 0, "federation.sleep_scale", f.sleep_scale, "must be >= 0 (real seconds per simulated second)")
-    _require(f.max_seconds is None or f.max_seconds > 0, "federation.max_seconds", f.max_seconds, "must be null or > 0 seconds")
-    n = cfg.data.num_clients
-    _require(f.concurrency is None or 1 <= f.concurrency <= n, "federation.concurrency", f.concurrency,
-             f"clients in flight must be in [1, data.num_clients={n}]")
+    _require(cfg.eval.clients_every == 0, "eval.clients_every", cfg.eval.clients_every,
+             "per-client evaluation needs federation.mode=sync (asynchronous runs have no rounds to evaluate after)")
+    _rule(check_clock, f.clock, f.sleep_scale)
+    if f.concurrency is not None:
+        _rule(check_concurrency, f.concurrency, cfg.data.num_clients)
     delay_model(cfg)
 
 

@@ -2,8 +2,10 @@
 
 :func:`prepare` loads data, partitions it and builds the model, algorithm and executor
 (every input error surfaces here, before a run directory exists); :func:`execute`
-runs the federation loop and writes the run directory; ``resume=True`` continues from
-the directory's checkpoint.
+runs the federation loop chosen by ``federation.mode`` (synchronous rounds here, the
+asynchronous loop in :mod:`fedtorch.experiment.async_run`) and writes the run directory with
+one epilogue for both; ``resume=True`` continues from the directory's checkpoint, where
+:func:`check_resumable` (the one place that decides it) allows.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import json
 import platform
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -22,12 +24,12 @@ from omegaconf import DictConfig, OmegaConf
 import fedtorch
 from fedtorch.algorithms import LocalSGD, make_server_optimizer
 from fedtorch.data import DataFileError, FederatedData, PartitionError, load_split
+from fedtorch.data.federated import steps_per_round
 from fedtorch.data.local_split import split_holdout
 from fedtorch.execution import build_executor
 from fedtorch.experiment.atomic import write_text
-from fedtorch.experiment.async_run import execute_async  # federation.mode=async
-from fedtorch.experiment.checkpoint import load_checkpoint, save_checkpoint, save_model
-from fedtorch.experiment.config import algorithm_hparams, clients_per_round, server_hparams
+from fedtorch.experiment.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint, save_model
+from fedtorch.experiment.config import algorithm_hparams, clients_per_round, local_work, server_hparams
 from fedtorch.experiment.errors import ConfigError
 from fedtorch.experiment.paths import experiment_output_dir, make_unique_dir, timestamp
 from fedtorch.experiment.plots import plot_run
@@ -35,6 +37,7 @@ from fedtorch.experiment.progress import RoundProgress
 from fedtorch.experiment.recorder import Recorder, final_result
 from fedtorch.experiment.selection import write_selection
 from fedtorch.federation import ClientStateStore, SyncSettings, run_sync
+from fedtorch.federation.async_loop import AsyncSettings
 from fedtorch.federation.client_eval import evaluate_clients
 from fedtorch.flat import FlatModule
 from fedtorch.models import build_model
@@ -53,7 +56,7 @@ class Prepared:
     algorithm: object
     executor: object
     x0: torch.Tensor
-    settings: SyncSettings
+    settings: SyncSettings | AsyncSettings  # by federation.mode
     holdout: list | None = None  # per-client held-out indices (eval.clients_every > 0)
 
 
@@ -92,7 +95,12 @@ def prepare(cfg: DictConfig) -> Prepared:
         hp,
         LocalSGD(momentum=cfg.client.momentum, weight_decay=cfg.client.weight_decay),
         make_server_optimizer(optimizer, **server_hp),
-        FederationInfo(num_clients=len(parts), lr=cfg.client.lr),
+        FederationInfo(
+            num_clients=len(parts), lr=cfg.client.lr, weighting=cfg.federation.weighting,
+            total_samples=sum(len(p) for p in parts),
+            mean_local_steps=sum(steps_per_round(len(p), cfg.client.batch_size, cfg.client.local_epochs, cfg.client.local_steps)
+                                 for p in parts) / len(parts),
+        ),
     )
     e = cfg.execution
     executor = build_executor(
@@ -100,16 +108,13 @@ def prepare(cfg: DictConfig) -> Prepared:
         devices=None if e.devices is None else list(e.devices), threads=e.threads,
         max_clients_per_step=e.max_clients_per_step,
     )
-    m = clients_per_round(cfg)
-    if m > cfg.data.num_clients:
-        raise ConfigError(f"federation.clients_per_round={m} is more than data.num_clients={cfg.data.num_clients}")
-    settings = SyncSettings(
-        straggler_fraction=cfg.stragglers.fraction, straggler_policy=cfg.stragglers.policy, early_stopping=cfg.client.early_stopping,
-        rounds=cfg.rounds, clients_per_round=m, batch_size=cfg.client.batch_size,
-        local_epochs=cfg.client.local_epochs, local_steps=cfg.client.local_steps, lr=cfg.client.lr,
-        seed=cfg.seed, weighting=cfg.federation.weighting, eval_every=cfg.eval.every,
-        client_eval_every=cfg.eval.clients_every,
-    )
+    if cfg.federation.mode == "async":
+        from fedtorch.experiment.async_run import async_settings
+
+        settings = async_settings(cfg)
+    else:
+        settings = SyncSettings(**local_work(cfg), rounds=cfg.rounds, clients_per_round=clients_per_round(cfg),
+                                eval_every=cfg.eval.every, client_eval_every=cfg.eval.clients_every)
     return Prepared(cfg, data, algorithm, executor, x0.to(device), settings, holdout)
 
 
@@ -147,15 +152,88 @@ def load_run_config(run_dir: Path) -> DictConfig:
     return from_dict(OmegaConf.to_container(OmegaConf.load(path)), where=str(path))
 
 
+ASYNC_NOT_RESUMABLE = "async runs cannot be resumed (the clients in flight, their models and timers, are not checkpointed)"
+
+
+def check_resumable(cfg: DictConfig, run_dir: Path) -> None:
+    """The one rule for ``--resume``: a synchronous run with a checkpoint. Needs no data, so
+    the CLI can call it before :func:`prepare`.
+
+    Raises:
+        ConfigError: an async run (:data:`ASYNC_NOT_RESUMABLE`), or no checkpoint yet.
+    """
+    if cfg.federation.mode == "async":
+        raise ConfigError(f"{run_dir} is an async run (federation.mode=async); {ASYNC_NOT_RESUMABLE}; run it again")
+    if not (Path(run_dir) / CHECKPOINT_NAME).is_file():
+        raise ConfigError(f"{run_dir} has no {CHECKPOINT_NAME}: nothing to resume (the run stopped before its first checkpoint); run it again")
+
+
+def interrupted_hint(cfg: DictConfig, run_dir: Path) -> str:
+    """What to tell a user whose run was interrupted: how to resume it, or why it cannot be."""
+    if cfg.federation.mode == "async":
+        return f"interrupted; {ASYNC_NOT_RESUMABLE}; start it again; partial outputs in {run_dir}"
+    return f"interrupted; continue with: fedtorch run --resume {run_dir}"
+
+
+@dataclass
+class RunOutcome:
+    """What a federation loop hands to the runner's one epilogue (:func:`execute`).
+
+    Attributes:
+        server: the final server state.
+        metrics: the recorder's rows (one per round, or per server version).
+        rounds: rounds (server versions) done.
+        selection: ``(round or wave, client id)`` of every client trained.
+        unit: ``"round"`` or ``"wave"`` (the selection plot's axis).
+        title_suffix: appended to the plots' title.
+        result_head, result_tail: ``result.json`` keys before / after :func:`final_result`'s.
+        plots: extra ``plot(metrics, run_dir, title)`` functions.
+    """
+
+    server: object
+    metrics: list[dict]
+    rounds: int
+    selection: list[tuple[int, int]]
+    unit: str = "round"
+    title_suffix: str = ""
+    result_head: dict = field(default_factory=dict)
+    result_tail: dict = field(default_factory=dict)
+    plots: list = field(default_factory=list)
+
+
 def execute(prep: Prepared, run_dir: Path, resume: bool = False, on_row: Callable[[dict], None] | None = None) -> dict:
     """Run (or continue) the federation loop, writing everything into ``run_dir``.
 
     Returns:
         The final result (also written to ``result.json``, which marks the run complete).
+
+    Raises:
+        ConfigError: ``resume`` where :func:`check_resumable` refuses, or a checkpoint of
+            another layout.
     """
     cfg, run_dir = prep.cfg, Path(run_dir)
+    if resume:
+        check_resumable(cfg, run_dir)
     if cfg.federation.mode == "async":
-        return execute_async(prep, run_dir, resume, on_row)
+        from fedtorch.experiment.async_run import run_async_loop
+
+        outcome = run_async_loop(prep, run_dir, on_row)
+    else:
+        outcome = _run_sync(prep, run_dir, resume, on_row)
+    save_model(run_dir, prep.executor.replica.layout, outcome.server.x)
+    title = f"{cfg.algorithm.name} on {cfg.data.dataset}{outcome.title_suffix}"
+    plot_run(outcome.metrics, run_dir, title=title)
+    for plot in outcome.plots:
+        plot(outcome.metrics, run_dir, title=title)
+    write_selection(outcome.selection, run_dir, outcome.unit)
+    result = {**outcome.result_head, **final_result(cfg, outcome.metrics, outcome.rounds), **outcome.result_tail}
+    write_text(run_dir / RESULT_NAME, json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def _run_sync(prep: Prepared, run_dir: Path, resume: bool, on_row: Callable[[dict], None] | None) -> RunOutcome:
+    """Synchronous rounds (from the checkpoint when ``resume``), their logs and checkpoints."""
+    cfg = prep.cfg
     store = ClientStateStore()
     recorder = Recorder(run_dir, tensorboard=cfg.logging.tensorboard)
     if resume:
@@ -196,13 +274,8 @@ def execute(prep: Prepared, run_dir: Path, resume: bool = False, on_row: Callabl
     finally:
         progress.close()
         recorder.close()
-    save_model(run_dir, prep.executor.replica.layout, server.x)
     metrics = recorder.metrics
-    plot_run(metrics, run_dir, title=f"{cfg.algorithm.name} on {cfg.data.dataset}")
-    write_selection([(int(c["round"]), int(c["client_id"])) for c in recorder.clients], run_dir, "round")
-    result = final_result(cfg, metrics, len(metrics))
     client_evals = [m for m in metrics if m.get("client_acc_mean") is not None]
-    if client_evals:
-        result.update({k: v for k, v in client_evals[-1].items() if k.startswith(("client_acc", "personal_acc"))})
-    write_text(run_dir / RESULT_NAME, json.dumps(result, indent=2) + "\n")
-    return result
+    tail = {k: v for k, v in client_evals[-1].items() if k.startswith(("client_acc", "personal_acc"))} if client_evals else {}
+    return RunOutcome(server=server, metrics=metrics, rounds=len(metrics),
+                      selection=[(int(c["round"]), int(c["client_id"])) for c in recorder.clients], result_tail=tail)

@@ -64,11 +64,12 @@ class ServerConfig:
 
 @dataclass
 class FederationConfig:
-    mode: str = "sync"  # sync (rounds) | async (fedasync, fedbuff; `rounds` counts server updates)
+    mode: str = "sync"  # sync (rounds) | async (any algorithm; `rounds` counts server updates)
     clients_per_round: int = 10  # M
     participation: Optional[float] = None  # fraction of clients per round; overrides clients_per_round
     weighting: str = "samples"  # samples | uniform aggregation weights
     concurrency: Optional[int] = None  # async: clients in flight at once, in [1, num_clients]; null: clients_per_round
+    buffer_size: Optional[int] = None  # async, buffered step (algorithms without apply_async): arrivals per server step; null: concurrency (fedbuff: algorithm.buffer_size)
     clock: str = "simulated"  # async: simulated (event queue, no sleeping) | asyncio (clients as asyncio tasks)
     sleep_scale: float = 0.0  # clock=asyncio: real seconds each client sleeps per simulated second; 0: none
     max_seconds: Optional[float] = None  # async: also stop at this simulated time (seconds)

@@ -1,5 +1,7 @@
-"""Asynchronous federation in simulated time: FedAsync, FedBuff and any algorithm with an
-``apply_async(server, message, staleness)`` server rule (see :mod:`fedtorch.protocol`).
+"""Asynchronous federation in simulated time, for every algorithm: FedAsync-style rules
+(``apply_async(server, message, staleness)``, :mod:`fedtorch.protocol`) per arrival, every
+other algorithm through FedBuff's buffered step around its own ``aggregate``
+(:mod:`fedtorch.federation.server_steps`).
 
 The clock is an event queue, not the wall clock: nothing sleeps. ``concurrency`` clients
 are in flight at once. A client dispatched at simulated time ``now`` gets the current global
@@ -11,7 +13,7 @@ the freed slots are refilled with a new *dispatch wave* from the then-current mo
     dispatch wave 0 (concurrency clients, model v0)
     loop:  pop the earliest arrival time t; for each client arriving at t (dispatch order):
                staleness = server.round - v_client
-               server = algorithm.apply_async(server, message, staleness)
+               server = step.arrive(server, message, staleness)   # per arrival, or buffered
            dispatch a wave of as many clients as arrived, from the model at t
 
 Rules that make runs reproducible and comparable with synchronous ones:
@@ -19,16 +21,22 @@ Rules that make runs reproducible and comparable with synchronous ones:
 * wave w picks the first free clients of the permutation ``generator(seed, w,
   "client_sampling")`` (sorted by id): with no client in flight that is exactly
   ``sample_clients(seed, w, N, k)``, the synchronous round-w cohort;
-* a client's ``RoundContext.round`` is its wave, which seeds its minibatch order, and
+* a wave's tasks are planned by :func:`~fedtorch.federation.planning.plan_tasks`, the
+  synchronous loop's planner, with the wave as the round: the algorithm's
+  ``num_local_steps``, stragglers and early stopping apply as in a round, and
   ``RoundContext.lr`` is the delay-aware rate gamma_0 / (1 + alpha_lr * duration) (duration
-  in simulated seconds; alpha_lr = 0 gives gamma_0);
+  in simulated seconds; alpha_lr = 0 gives gamma_0 exactly);
+* the optional hooks are honoured as in the synchronous loop
+  (:class:`~fedtorch.federation.planning.Hooks`): a client's state is stored through
+  ``after_aggregate`` once its update is aggregated, and ``evaluate`` gets ``eval_model``;
 * the executor trains a wave when it is dispatched (one ``executor.run`` per wave, so waves
   can be trained in batches); only the order of server updates follows simulated time;
 * an update holding NaN/Inf is not applied (``UpdateRecord.applied`` is false).
 
 Consequences (tested): with FedAsync, alpha = 1, s = 1 and concurrency 1 the run is plain
-sequential training, client after client; with FedBuff, zero delays and K = concurrency = M
-every buffer is one synchronous cohort, so the run equals FedAvg with uniform weights.
+sequential training, client after client; with the buffered step, zero delays and
+K = concurrency = M every buffer is one synchronous cohort, so the run equals the
+synchronous run of the same algorithm bit for bit (FedAvg, Scaffnew, FedExP, FedBuff = FedAvg).
 The loop stops when ``server.round`` reaches ``updates`` or the next arrival is later than
 ``max_seconds``; clients still in flight then are discarded.
 
@@ -55,44 +63,83 @@ from typing import Callable
 
 import torch
 
-from fedtorch.data.federated import FederatedData, steps_per_round
+from fedtorch.data.federated import FederatedData
 from fedtorch.federation.asyncio_loop import serve
 from fedtorch.federation.client_states import ClientStateStore
 from fedtorch.federation.delays import DelayModel
-from fedtorch.protocol import Broadcast, ClientResult, ClientTask, RoundContext, ServerState, State
+from fedtorch.federation.planning import Hooks, LocalWork, plan_tasks
+from fedtorch.federation.server_steps import check_buffer_size, server_step
+from fedtorch.protocol import Broadcast, ClientResult, ClientTask, ServerState, State
 from fedtorch.seeding import generator
+
+CLOCKS = ("simulated", "asyncio")
 
 
 @dataclass(frozen=True, kw_only=True)
-class AsyncSettings:
-    """Schedule of an asynchronous run.
+class AsyncSettings(LocalWork):
+    """Schedule of an asynchronous run: the shared :class:`~fedtorch.federation.planning.LocalWork`
+    (``lr`` is gamma_0, the rate before the delay discount; ``weighting`` weighs a buffer's
+    clients) plus
 
     Attributes:
         updates: stop once ``server.round`` (global-model versions) reaches this.
         concurrency: clients in flight at once, in ``[1, N]``.
-        batch_size: local minibatch size B (samples).
-        local_epochs: E; K_i = E * ceil(n_i / B) unless ``local_steps`` is set.
-        local_steps: fixed K for every client, or None.
-        lr: gamma_0, the local learning rate before the delay discount.
         lr_delay_alpha: alpha_lr >= 0 of gamma = gamma_0 / (1 + alpha_lr * duration seconds).
-        early_stopping: local early-stopping patience in epochs (0: off; see
-            :mod:`fedtorch.execution.local_training`).
-        seed: training seed (client sampling, minibatch order, delays).
+        buffer_size: K of the buffered server step (None: the algorithm's
+            ``buffer_size`` hook, else ``concurrency``); must be None for a per-arrival rule.
         eval_every: evaluate the global model every this many versions (and at ``updates``).
         max_seconds: simulated-time limit in seconds, or None.
+
+    Raises:
+        ValueError: a bad buffer size, a negative ``lr_delay_alpha`` or ``max_seconds`` <= 0.
     """
 
     updates: int
     concurrency: int
-    batch_size: int
-    local_epochs: int = 1
-    local_steps: int | None = None
-    lr: float
     lr_delay_alpha: float = 0.0
-    early_stopping: int = 0
-    seed: int = 0
+    buffer_size: int | None = None
     eval_every: int = 1
     max_seconds: float | None = None
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_buffer_size(self.buffer_size)
+        check_async_times(self.lr_delay_alpha, self.max_seconds)
+
+
+def check_concurrency(concurrency: int, num_clients: int) -> None:
+    """The one rule for the clients in flight (``federation.concurrency``): 1 <= C <= N.
+
+    Raises:
+        ValueError: C outside ``[1, num_clients]``.
+    """
+    if not 1 <= concurrency <= num_clients:
+        raise ValueError(f"federation.concurrency={concurrency!r} is not allowed: "
+                         f"clients in flight must be in [1, data.num_clients={num_clients}]")
+
+
+def check_async_times(lr_delay_alpha: float, max_seconds: float | None) -> None:
+    """The rules for ``client.lr_delay_alpha`` (>= 0) and ``federation.max_seconds`` (null or > 0).
+
+    Raises:
+        ValueError: a value outside those ranges.
+    """
+    if not lr_delay_alpha >= 0:
+        raise ValueError(f"client.lr_delay_alpha={lr_delay_alpha!r} is not allowed: must be >= 0 (0: no delay discount)")
+    if max_seconds is not None and not max_seconds > 0:
+        raise ValueError(f"federation.max_seconds={max_seconds!r} is not allowed: must be null or > 0 seconds")
+
+
+def check_clock(clock: str, sleep_scale: float) -> None:
+    """The rules for ``federation.clock`` (:data:`CLOCKS`) and ``federation.sleep_scale`` (>= 0).
+
+    Raises:
+        ValueError: an unknown clock or a negative sleep scale.
+    """
+    if clock not in CLOCKS:
+        raise ValueError(f"federation.clock: unknown value {clock!r}; allowed: {', '.join(sorted(CLOCKS))}")
+    if not sleep_scale >= 0:
+        raise ValueError(f"federation.sleep_scale={sleep_scale!r} is not allowed: must be >= 0 (real seconds per simulated second)")
 
 
 @dataclass
@@ -138,7 +185,7 @@ class UpdateRecord:
         num_steps: local steps actually taken (early stopping may cut K_i short).
         loss: its mean local training loss.
         lr: the learning rate it used.
-        applied: whether the update was given to ``apply_async`` (false: NaN/Inf).
+        applied: whether the update was given to the server step (false: NaN/Inf).
         server_version: ``server.round`` after it was applied.
     """
 
@@ -188,19 +235,22 @@ class AsyncServer:
     training dispatched jobs with ``train``.
 
     Args:
-        algorithm: an algorithm with ``apply_async`` (fedasync, fedbuff).
+        algorithm: any algorithm: with ``apply_async`` it is applied per arrival, else through
+            the buffered step (:func:`~fedtorch.federation.server_steps.server_step`).
         executor: any executor (``run(algorithm, broadcast, tasks, states)``).
         data: the federated data.
         server: the initial server state (``server.round`` = 0).
         store: the client-state store.
         settings: the :class:`AsyncSettings`.
         delays: the :class:`~fedtorch.federation.delays.DelayModel`.
-        evaluate: ``x -> (test loss, test accuracy)``, called every ``eval_every`` versions.
+        evaluate: ``x -> (test loss, test accuracy)`` of the algorithm's ``eval_model``,
+            called every ``eval_every`` versions.
         on_update: called after every arrival with the server state and an :class:`AsyncReport`.
 
     Raises:
-        TypeError: the algorithm has no ``apply_async`` rule.
-        ValueError: concurrency outside ``[1, N]``.
+        HookError: the algorithm has neither ``apply_async`` nor ``aggregate``, or a
+            ``buffer_size`` is given for a per-arrival rule.
+        ValueError: concurrency outside ``[1, N]`` (:func:`check_concurrency`).
     """
 
     def __init__(
@@ -215,13 +265,9 @@ class AsyncServer:
         evaluate: Callable[[torch.Tensor], tuple[float, float]] | None = None,
         on_update: Callable[[ServerState, AsyncReport], None] | None = None,
     ):
-        if not callable(getattr(algorithm, "apply_async", None)):
-            raise TypeError(
-                f"algorithm {getattr(algorithm, 'name', type(algorithm).__name__)!r} has no asynchronous server rule "
-                "(apply_async); use an asynchronous algorithm such as fedasync or fedbuff"
-            )
-        if not 1 <= settings.concurrency <= data.num_clients:
-            raise ValueError(f"concurrency must be in [1, {data.num_clients}], got {settings.concurrency}")
+        self.hooks = Hooks(algorithm, "async")
+        check_concurrency(settings.concurrency, data.num_clients)
+        self.step = server_step(algorithm, self.hooks, settings.buffer_size, settings.concurrency, settings.weighting)
         self.algorithm, self.executor, self.data, self.server, self.store = algorithm, executor, data, server, store
         self.s, self.delays, self.evaluate, self.on_update = settings, delays, evaluate, on_update
         self.now = 0.0
@@ -250,17 +296,20 @@ class AsyncServer:
             return []
         perm = torch.randperm(n, generator=generator(s.seed, self._wave, "client_sampling")).tolist()
         clients = sorted([c for c in perm if c not in self._in_flight][:free])
+        durations: dict[int, float] = {}
+
+        def delay_aware_lr(c: int, k: int) -> float:
+            durations[c] = self.delays.duration(s.seed, self._wave, c, k)
+            return s.lr / (1 + s.lr_delay_alpha * durations[c]) if s.lr_delay_alpha else s.lr
+
+        tasks = plan_tasks(self.hooks, self.data, self._wave, clients, s, delay_aware_lr)
         broadcast = self.algorithm.broadcast(self.server)
         jobs = []
-        for c in clients:
-            samples = self.data.num_samples(c)
-            k = steps_per_round(samples, s.batch_size, s.local_epochs, s.local_steps)
-            duration = self.delays.duration(s.seed, self._wave, c, k)
-            lr = s.lr / (1 + s.lr_delay_alpha * duration)
-            ctx = RoundContext(self._wave, c, s.seed, samples, k, lr, s.early_stopping)
+        for task in tasks:
+            c = task.ctx.client_id
             state = self.store.get(c, lambda: self.algorithm.init_client(self.server.x))
-            job = Job(self._seq, self._wave, self.server.round, now, now + duration,
-                      ClientTask(ctx, self.data.client_indices[c]), broadcast, state, broadcast.nbytes)
+            job = Job(self._seq, self._wave, self.server.round, now, now + durations[c], task, broadcast, state,
+                      broadcast.nbytes)
             heapq.heappush(self._queue, (job.arrives_at, job.seq, job))
             self._in_flight.add(c)
             self._seq += 1
@@ -307,15 +356,16 @@ class AsyncServer:
         staleness = self.server.round - job.version
         before = self.server.round
         if applied:
-            self.server = self.algorithm.apply_async(self.server, message, staleness)
-            self.store.put(job.client_id, result.state)
+            self.server, stored = self.step.arrive(self.server, job.client_id, message, result.state, staleness)
+            for client_id, state in stored:
+                self.store.put(client_id, state)
         updated = self.server.round != before
         seconds = time.perf_counter() - self._clock
         test_loss = test_acc = None
         r = self.server.round
         if updated and self.evaluate is not None and (r % self.s.eval_every == 0 or r >= self.s.updates):
             with self._lock:  # the executor's replica may be training for an asyncio client task
-                test_loss, test_acc = self.evaluate(self.server.x)
+                test_loss, test_acc = self.evaluate(self.hooks.eval_model(self.server))
         record = UpdateRecord(
             update=self.arrivals, client_id=job.client_id, wave=job.wave, dispatched_at=job.dispatched_at,
             arrived_at=job.arrives_at, version=job.version, staleness=staleness, num_steps=int(message.num_steps),
@@ -341,12 +391,9 @@ def run_async(core: AsyncServer, clock: str = "simulated", sleep_scale: float = 
         last arrival (seconds), ``.arrivals`` the arrivals applied.
 
     Raises:
-        ValueError: an unknown clock or a negative sleep_scale.
+        ValueError: an unknown clock or a negative sleep_scale (:func:`check_clock`).
     """
-    if clock not in ("simulated", "asyncio"):
-        raise ValueError(f"clock must be simulated or asyncio, got {clock!r}")
-    if sleep_scale < 0:
-        raise ValueError(f"sleep_scale must be >= 0, got {sleep_scale}")
+    check_clock(clock, sleep_scale)
     if clock == "asyncio":
         return asyncio.run(serve(core, sleep_scale))
     jobs = core.dispatch(0.0)

@@ -4,7 +4,12 @@ client's held-out local split, summarised as mean, std, worst-10 % and best-10 %
 Personalised accuracy is measured for algorithms whose ``personalization()`` says how
 to fine-tune (Per-FedAvg: one SGD step of size alpha on the client's training data);
 the fine-tuning runs through the executor like any local training, so it needs no
-executor-specific code.
+executor-specific code. Its minibatches come from the seed ``derive_seed(seed,
+"personalization")`` (purpose ``"personalization"``), not from the training seed: a
+fine-tuning at ``server.round`` = t would otherwise draw exactly the minibatches that client
+trains on in round t (``generator(seed, t, i, "minibatch")``). The optional hooks
+``eval_model`` and ``personalization`` go through
+:class:`~fedtorch.federation.planning.Hooks` (defaults: ``server.x``, no personalisation).
 """
 
 from __future__ import annotations
@@ -14,7 +19,11 @@ import math
 import torch
 
 from fedtorch.data.federated import FederatedData
+from fedtorch.federation.planning import Hooks
 from fedtorch.protocol import ClientTask, RoundContext, ServerState
+from fedtorch.seeding import derive_seed
+
+PURPOSE = "personalization"
 
 
 def summarize(accuracies: torch.Tensor, prefix: str) -> dict[str, float]:
@@ -52,12 +61,13 @@ def evaluate_clients(algorithm, executor, data: FederatedData, holdout: list[tor
         holdout: ``(h_i,)`` held-out indices per client; clients with none are skipped.
         server: the current server state.
         batch_size: B of the fine-tuning minibatches.
-        seed: the training seed (fine-tuning minibatch order).
+        seed: the training seed; the fine-tuning draws from ``derive_seed(seed, PURPOSE)``.
 
     Returns:
         :func:`summarize` of ``client_acc`` and, when personalised, ``personal_acc``.
     """
-    x = algorithm.eval_model(server)
+    hooks = Hooks(algorithm, "client_eval")
+    x = hooks.eval_model(server)
     clients = [c for c, h in enumerate(holdout) if h.numel() > 0]
     train_x, train_y = data.data.train_x, data.data.train_y
 
@@ -65,10 +75,11 @@ def evaluate_clients(algorithm, executor, data: FederatedData, holdout: list[tor
         return executor.evaluate(model, train_x[holdout[c]], train_y[holdout[c]])[1]
 
     out = summarize(torch.tensor([accuracy(c, x) for c in clients]), "client_acc")
-    plan = algorithm.personalization()
+    plan = hooks.personalization()
     if plan is not None:
-        tasks = [ClientTask(RoundContext(server.round, c, seed, data.num_samples(c), plan.steps, plan.lr), data.client_indices[c])
-                 for c in clients]
+        tune_seed = derive_seed(seed, PURPOSE)
+        tasks = [ClientTask(RoundContext(server.round, c, tune_seed, data.num_samples(c), plan.steps, plan.lr),
+                            data.client_indices[c]) for c in clients]
         results = executor.run(plan.algorithm, plan.algorithm.broadcast(server.replace(x=x)), tasks, [{} for _ in clients])
         personal = [accuracy(c, x - r.message.delta.to(x.device)) for c, r in zip(clients, results)]
         out.update(summarize(torch.tensor(personal), "personal_acc"))

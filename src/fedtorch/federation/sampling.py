@@ -14,11 +14,21 @@ def sample_clients(seed: int, round: int, num_clients: int, clients_per_round: i
     run selects the same clients as an uninterrupted one.
 
     Raises:
-        ValueError: ``clients_per_round`` not in ``[1, num_clients]``.
+        ValueError: ``clients_per_round`` not in ``[1, num_clients]`` (:func:`check_clients_per_round`).
     """
-    if not 1 <= clients_per_round <= num_clients:
-        raise ValueError(f"clients_per_round must be in [1, {num_clients}], got {clients_per_round}")
+    check_clients_per_round(clients_per_round, num_clients)
     if clients_per_round == num_clients:
         return list(range(num_clients))
     perm = torch.randperm(num_clients, generator=generator(seed, round, "client_sampling"))
     return sorted(perm[:clients_per_round].tolist())
+
+
+def check_clients_per_round(clients_per_round: int, num_clients: int) -> None:
+    """The one rule for M (``federation.clients_per_round``): 1 <= M <= N.
+
+    Raises:
+        ValueError: M outside ``[1, num_clients]``.
+    """
+    if not 1 <= clients_per_round <= num_clients:
+        raise ValueError(f"federation.clients_per_round={clients_per_round!r} is not allowed: "
+                         f"must be in [1, data.num_clients={num_clients}]")

@@ -1,5 +1,5 @@
-"""How much local work the selected clients of a synchronous round do: stragglers and
-early stopping.
+"""How much local work the selected clients of a round (or asynchronous dispatch wave)
+do: stragglers and early stopping (called by :func:`fedtorch.federation.planning.plan_tasks`).
 
 Stragglers follow FedProx (Li et al., MLSys 2020, Sec. 5.2, "systems heterogeneity"): in
 every round a fraction of the selected clients cannot finish the E local epochs and runs
@@ -34,14 +34,30 @@ from fedtorch.seeding import generator
 POLICIES = ("drop", "keep")
 
 
+def check_stragglers(fraction: float, policy: str) -> None:
+    """The one rule for ``stragglers.fraction`` and ``stragglers.policy`` (the config, the
+    loops' settings and :func:`plan_work` all call it).
+
+    Raises:
+        ValueError: ``fraction`` outside [0, 1), or ``policy`` not one of :data:`POLICIES`.
+    """
+    _check_fraction(fraction)
+    if policy not in POLICIES:
+        raise ValueError(f"stragglers.policy: unknown value {policy!r}; allowed: {', '.join(POLICIES)}")
+
+
+def _check_fraction(fraction: float) -> None:
+    if not 0 <= fraction < 1:
+        raise ValueError(f"stragglers.fraction={fraction!r} is not allowed: must be in [0, 1)")
+
+
 def choose_stragglers(seed: int, round: int, clients: list[int], fraction: float) -> list[int]:
     """The floor(fraction x M) stragglers among the round's M selected ``clients``, sorted.
 
     Raises:
         ValueError: ``fraction`` outside [0, 1).
     """
-    if not 0 <= fraction < 1:
-        raise ValueError(f"stragglers.fraction={fraction!r} is not allowed: must be in [0, 1)")
+    _check_fraction(fraction)
     count = math.floor(fraction * len(clients))
     if count == 0:
         return []
@@ -65,7 +81,7 @@ def plan_work(tasks: list[ClientTask], round: int, settings) -> list[ClientTask]
     Args:
         tasks: the round's tasks, one per selected client.
         round: t.
-        settings: a :class:`~fedtorch.federation.sync.SyncSettings` (``straggler_fraction``,
+        settings: a :class:`~fedtorch.federation.planning.LocalWork` (``straggler_fraction``,
             ``straggler_policy``, ``early_stopping``, ``seed``, ``batch_size``,
             ``local_epochs``, ``local_steps``).
 
@@ -77,8 +93,7 @@ def plan_work(tasks: list[ClientTask], round: int, settings) -> list[ClientTask]
         ValueError: a fraction outside [0, 1) or an unknown policy.
     """
     s = settings
-    if s.straggler_policy not in POLICIES:
-        raise ValueError(f"stragglers.policy={s.straggler_policy!r} is not allowed: use drop or keep")
+    check_stragglers(s.straggler_fraction, s.straggler_policy)
     late = set(choose_stragglers(s.seed, round, [t.ctx.client_id for t in tasks], s.straggler_fraction))
     planned = []
     for task in tasks:

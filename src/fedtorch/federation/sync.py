@@ -1,7 +1,9 @@
 """Synchronous rounds: sample clients, train them, aggregate, evaluate, report.
 
 The loop wires an algorithm (what is computed) to an executor (where local training
-runs); it knows neither one's internals.
+runs); it knows neither one's internals. Each round's tasks come from
+:func:`fedtorch.federation.planning.plan_tasks` and the optional hooks from
+:class:`fedtorch.federation.planning.Hooks`, as in the asynchronous loop.
 """
 
 from __future__ import annotations
@@ -12,29 +14,23 @@ from typing import Callable
 
 import torch
 
-from fedtorch.data.federated import FederatedData, steps_per_round
+from fedtorch.data.federated import FederatedData
 from fedtorch.federation.client_states import ClientStateStore
+from fedtorch.federation.planning import Hooks, LocalWork, aggregation_weights, plan_tasks
 from fedtorch.federation.sampling import sample_clients
-from fedtorch.federation.stragglers import plan_work
-from fedtorch.protocol import ClientMessage, ClientResult, ClientTask, RoundContext, ServerState
+from fedtorch.protocol import ClientMessage, ClientResult, ServerState
+
+__all__ = ["SyncSettings", "RoundReport", "run_sync", "aggregation_weights"]
 
 
 @dataclass(frozen=True, kw_only=True)
-class SyncSettings:
-    """Schedule of a synchronous run.
+class SyncSettings(LocalWork):
+    """Schedule of a synchronous run: the shared :class:`~fedtorch.federation.planning.LocalWork`
+    (batch size, K_i schedule, lr, seed, weighting, stragglers, early stopping) plus
 
     Attributes:
         rounds: total rounds T.
         clients_per_round: M.
-        batch_size: local minibatch size B (samples).
-        local_epochs: E; K_i = E * ceil(n_i / B) unless ``local_steps`` is set.
-        local_steps: fixed K for every client, or None.
-        lr: eta_l, local learning rate.
-        seed: training seed (client sampling, minibatch order).
-        weighting: ``"samples"`` (p_i proportional to n_i) or ``"uniform"``.
-        straggler_fraction, straggler_policy: share of each round's clients doing partial
-            work, and ``"drop"`` or ``"keep"`` (:mod:`fedtorch.federation.stragglers`).
-        early_stopping: local early-stopping patience in epochs (0: off).
         eval_every: evaluate the global model every this many rounds (and at the end).
         client_eval_every: per-client evaluation every this many rounds (and at the
             end); 0 turns it off.
@@ -42,15 +38,6 @@ class SyncSettings:
 
     rounds: int
     clients_per_round: int
-    batch_size: int
-    local_epochs: int = 1
-    local_steps: int | None = None
-    lr: float
-    seed: int = 0
-    weighting: str = "samples"
-    straggler_fraction: float = 0.0
-    straggler_policy: str = "drop"
-    early_stopping: int = 0
     eval_every: int = 1
     client_eval_every: int = 0
 
@@ -83,12 +70,6 @@ class RoundReport:
     client_eval: dict | None = None
 
 
-def aggregation_weights(num_samples: torch.Tensor, weighting: str) -> torch.Tensor:
-    """p_i over the aggregated clients: n_i / sum n_j (``"samples"``) or 1/M (``"uniform"``)."""
-    n = num_samples.to(torch.float64)
-    return n / n.sum() if weighting == "samples" else torch.full_like(n, 1.0 / len(n))
-
-
 def run_sync(
     algorithm,
     executor,
@@ -109,16 +90,10 @@ def run_sync(
     ``eval_model``; ``evaluate_clients`` (every ``client_eval_every`` rounds) the state.
     """
     s = settings
-    hooks = _OptionalHooks(algorithm)
+    hooks = Hooks(algorithm, "sync")
     for t in range(server.round, s.rounds):
         start = time.perf_counter()
-        clients = sample_clients(s.seed, t, data.num_clients, s.clients_per_round)
-        tasks = []
-        for c in clients:
-            n = data.num_samples(c)
-            k = hooks.num_local_steps(t, c, s.seed, steps_per_round(n, s.batch_size, s.local_epochs, s.local_steps))
-            tasks.append(ClientTask(RoundContext(t, c, s.seed, n, k, s.lr), data.client_indices[c]))
-        tasks = plan_work(tasks, t, s)  # stragglers drop out or do partial work; early stopping
+        tasks = plan_tasks(hooks, data, t, sample_clients(s.seed, t, data.num_clients, s.clients_per_round), s)
         clients = [task.ctx.client_id for task in tasks]
         states = [store.get(c, lambda: algorithm.init_client(server.x)) for c in clients]
         broadcast = algorithm.broadcast(server)
@@ -159,11 +134,3 @@ def run_sync(
             on_round(server, report)
     return server
 
-
-class _OptionalHooks:
-    """The optional protocol hooks of ``algorithm``, with their defaults where it lacks one."""
-
-    def __init__(self, algorithm):
-        self.num_local_steps = getattr(algorithm, "num_local_steps", lambda round, client_id, seed, default: default)
-        self.eval_model = getattr(algorithm, "eval_model", lambda server: server.x)
-        self.after_aggregate = getattr(algorithm, "after_aggregate", lambda server, state: state)
