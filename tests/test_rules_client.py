@@ -63,7 +63,7 @@ def test_fednar_small_threshold_makes_every_step_exactly_eta_c():
 
 def test_deltasgd_step_size_is_bounded_by_gamma_over_2l():
     big_l = 4.0
-    algo = make("deltasgd", gamma=2.0, eta0=0.2, theta0=1.0)
+    algo = make("deltasgd", gamma=2.0, eta0=0.2, theta0=1.0, amplifier=1.0)  # the paper's growth rule
     trace = []
     x = torch.tensor([1.0, -3.0, 2.0], dtype=torch.float64)
     msg, _ = local_training(algo, RoundContext(0, 0, 0, 1, 30, 0.0), Broadcast(x), {}, lambda y: (0.5 * big_l * y @ y, big_l * y), trace)

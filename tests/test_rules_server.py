@@ -101,9 +101,10 @@ def test_fednova_fixed_point_is_the_weighted_optimum_where_fedavg_drifts():
     assert (avg.x - pulled).norm() / pulled.norm() < 0.01 and (avg.x - target).norm() > 0.3
 
 
-def test_qffl_q0_is_fedavg_with_uniform_weights():
-    a, _ = run_toy(make("fedavg"), weighting="uniform")
-    b, _ = run_toy(make("qffl", q=0.0), weighting="samples")  # q-FFL is uniform whatever the weighting
+@pytest.mark.parametrize("weighting", ["uniform", "samples"])
+def test_qffl_q0_is_fedavg_under_either_weighting(weighting):
+    a, _ = run_toy(make("fedavg"), weighting=weighting)
+    b, _ = run_toy(make("qffl", q=0.0), weighting=weighting)  # q-FFL follows federation.weighting
     torch.testing.assert_close(a.x, b.x, rtol=1e-5, atol=1e-6)
 
 

@@ -9,7 +9,13 @@ momentum buffer d and steps along a mix of it and the fresh aggregate::
 
 ``(1 - nu) Delta + nu d^{t+1}`` is the pseudo-gradient handed to ``server.optimizer``
 (default SGD, lr = eta_g). nu = 0 is FedAvg at the same eta_g (bit for bit); nu = 1 is
-normalised heavy-ball momentum. Defaults beta = 0.9, nu = 0.9 (seed defaults).
+normalised heavy-ball momentum. Defaults beta = 0.9, nu = 0.9 (seed defaults; not
+checked against the paper's experiments).
+
+Weighting: Delta uses the round's weights p_i from ``federation.weighting`` (``samples``:
+n_i / sum_S n_j; ``uniform``: 1/M). Which one the paper's experiments use was not
+checked here (no released code was found); ``uniform`` is the plain mean over the
+participating clients. See docs/algorithms.md.
 """
 
 from dataclasses import dataclass

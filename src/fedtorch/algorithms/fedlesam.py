@@ -11,7 +11,19 @@ local gradient is taken at a point perturbed along it::
 
 One backward pass per step (unlike SAM's two). The norm is over the whole flat vector.
 After training, x_i^old <- x^t. With rho = 0 it is FedAvg bit for bit. Memory: one
-P-vector per client. Default rho = 0.01 (seed).
+P-vector per client.
+
+Default rho = 0.1, checked against the authors' code (github.com/MediaBrain-SJTU/FedLESAM):
+``train.py`` defaults ``--rho 0.1``; the README's example command uses 0.5 (for
+FedLESAM-S) and says rho needs tuning. (The seed framework's 0.01 matches neither.)
+Differences from that code, where fedtorch follows the paper: ``server/FedLESAM.py``
+broadcasts the last global update x^t - x^{t-1} to every client and
+``optimizer/LESAM.py`` perturbs along -(x^t - x^{t-1}), which equals the paper's
+x_i^old - x^t only for a client that took part in round t-1; and ``LESAM.first_step``
+indexes that flat vector by parameter-tensor number (``g_update[idx]``), so its "norm"
+is a sum of single entries and each tensor is shifted by one scalar. The code averages
+client models uniformly (``server/server.py``, ``torch.mean``); fedtorch follows
+``federation.weighting`` (docs/algorithms.md).
 """
 
 from dataclasses import dataclass
@@ -29,7 +41,7 @@ class FedLESAMHparams:
     rho: perturbation radius (>= 0).
     """
 
-    rho: float = 0.01
+    rho: float = 0.1
 
     def __post_init__(self):
         check(self.rho >= 0, "rho", self.rho, "must be >= 0")

@@ -9,11 +9,23 @@ Weight decay is folded into the gradient and the two are clipped *together*
 
 The norm is over the whole flat vector. The local step size decays exponentially with
 the round t, which anneals the effective weight decay eta_t lambda min(1, C/||u||)
-(the paper's "annealing"; its released code multiplies eta_l by ``decay`` every round).
-``client.momentum`` and ``client.weight_decay`` still apply after co-clipping, as
-``torch.optim.SGD`` does in the paper's code. With C = inf and decay = 1 it is SGD with
-weight decay lambda, bit for bit. (The seed framework only added an L2 penalty.)
-Defaults lambda = 0.1, C = 10, decay = 0.998 (the paper's released scripts).
+(the paper's "annealing"). ``client.momentum`` and ``client.weight_decay`` still apply
+after co-clipping, as ``torch.optim.SGD`` does in the paper's code. With C = inf and
+decay = 1 it is SGD with weight decay lambda, bit for bit. (The seed framework only
+added an L2 penalty.)
+
+Defaults lambda = 1e-4, C = 10, decay = 0.998, checked against the authors' code
+(github.com/ljb121002/FedNAR): ``main.py`` defaults ``--weight_decay 1e-4``,
+``--max_norm 10.0``, ``--decay 0.998``; with ``--use_nar`` the weight decay becomes an
+L2 term ``0.5 lambda ||y||^2`` added to the loss before ``clip_grad_norm_(max_norm)``
+(``util_general.py``), i.e. co-clipping over all parameters as here. The released
+scripts (``scripts/*.sh``) pass lambda = 0.05 (CIFAR-10 FedAvg, FedProx, SCAFFOLD),
+0.01 (CIFAR-10 FedAdam, FedAvgM, FedExP) or 1e-4 (every Shakespeare script), and never
+set ``--max_norm`` or ``--decay``; no script uses 0.1 (this module's earlier default).
+Differences from that code: it multiplies eta_l by ``decay`` already before round 0
+(``configs.py`` ``get_hyper_round``: eta_t = eta_l decay^(t+1)); here eta_t = eta_l
+decay^t. It averages the clients' updates with weights n_i / sum_S n_j (``main.py``),
+which is ``federation.weighting=samples`` here.
 """
 
 import math
@@ -34,7 +46,7 @@ class FedNARHparams:
     decay: per-round factor of the local step size, in (0, 1].
     """
 
-    weight_decay: float = 0.1
+    weight_decay: float = 1e-4
     clip: float = 10.0
     decay: float = 0.998
 

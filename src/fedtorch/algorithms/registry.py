@@ -3,12 +3,31 @@
 Names are matched case-insensitively, so the original fedtorch spellings (``FedAVG``,
 ``FedPROX``, ``FedADAM``, ``SCAFFNEW``, ``DeltaSGD``, ...) work as they are; a class may
 add other spellings in ``aliases`` (``delta-sgd``, ``q-ffl``, ...).
+
+Seed spellings that mean something else here: :data:`SEED_SPELLINGS` maps an exact-case
+spelling of the seed framework to a one-line note naming what fedtorch runs for it and
+what to write for the seed's method. Looking such a name up still resolves it
+case-insensitively (old configs keep running the same way), but prints the note to
+stderr, once per spelling and process. Today: ``FedAVGM``, which in the seed framework
+was client-level momentum (fedtorch's ``fedcm``) and here selects ``fedavgm``, server
+momentum (Hsu et al. 2019).
 """
 
 from __future__ import annotations
 
+import sys
+
 _REGISTRY: dict[str, type] = {}
 _ALIASES: dict[str, str] = {}
+
+SEED_SPELLINGS: dict[str, str] = {
+    "FedAVGM": (
+        "note: algorithm 'FedAVGM' runs fedavgm (server momentum, Hsu et al. 2019); the seed framework's "
+        "FedAVGM was client-level momentum, which is fedcm here: write algorithm.name=fedcm for that method, "
+        "or fedavgm to silence this note"
+    ),
+}
+_NOTED: set[str] = set()
 
 
 def register(cls: type) -> type:
@@ -37,9 +56,14 @@ def _same_class(a: type, b: type) -> bool:
 def get_algorithm(name: str) -> type:
     """The algorithm class registered as ``name`` (case-insensitive, aliases accepted).
 
+    A spelling in :data:`SEED_SPELLINGS` also prints its note to stderr (once per process).
+
     Raises:
         KeyError: unknown name; the message lists the registered algorithms.
     """
+    if name in SEED_SPELLINGS and name not in _NOTED:
+        _NOTED.add(name)
+        print(SEED_SPELLINGS[name], file=sys.stderr)
     key = name.lower()
     key = _ALIASES.get(key, key)
     if key not in _REGISTRY:

@@ -3,7 +3,13 @@ optional TensorBoard events. Files are rewritten atomically every round, so a ki
 run leaves consistent files; :meth:`Recorder.truncate` drops rounds after a checkpoint.
 
 ``clients.csv`` also gets a column for every one-number tensor field an algorithm adds
-to its message (Delta-SGD's ``step_size``, q-FFL's ``h``).
+to its message (Delta-SGD's ``step_size``, ``step_size_min``, ``step_size_max``, q-FFL's
+``h``), and the metrics rows (``metrics.jsonl``, ``metrics.csv``) summarise each of them
+over the round's aggregated clients (:func:`round_summary`): a field named ``*_min`` by
+its minimum, ``*_max`` by its maximum (same column name), any other field ``f`` by its
+mean in column ``f_mean``. So a Delta-SGD run has ``step_size_min``, ``step_size_mean``
+and ``step_size_max`` per round: the smallest, mean and largest step size any aggregated
+client took.
 """
 
 from __future__ import annotations
@@ -126,17 +132,21 @@ class Recorder:
             **dict.fromkeys(CLIENT_EVAL_FIELDS),
             **(report.client_eval or {}),
         }
-        self.metrics.append(row)
-        for r, ok in zip(report.results, report.valid.tolist()):
+        scalars = [_message_scalars(r.message) for r in report.results]
+        valid = report.valid.tolist()
+        for r, ok, s in zip(report.results, valid, scalars):
             m = r.message
             self.clients.append({
                 "round": report.round, "client_id": r.client_id, "num_samples": m.num_samples,
                 "num_steps": m.num_steps, "train_loss": m.loss, "seconds": round(r.seconds, 6), "aggregated": int(ok),
-                **_message_scalars(m),
+                **s,
             })
+        summary = round_summary([s for s, ok in zip(scalars, valid) if ok], sorted({k for s in scalars for k in s}))
+        row.update(summary)
+        self.metrics.append(row)
         self.flush()
         if self._tb is not None:
-            for key in ("train_loss", "test_loss", "test_accuracy", "wall_seconds"):
+            for key in ("train_loss", "test_loss", "test_accuracy", "wall_seconds", *summary):
                 if row[key] is not None:
                     self._tb.add_scalar(key, row[key], report.round)
             self._tb.flush()
@@ -144,7 +154,8 @@ class Recorder:
 
     def flush(self) -> None:
         write_text(self.run_dir / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in self.metrics))
-        write_text(self.run_dir / "metrics.csv", _csv(self.metrics, METRIC_FIELDS))
+        metric_extra = sorted({k for m in self.metrics for k in m} - set(METRIC_FIELDS))
+        write_text(self.run_dir / "metrics.csv", _csv(self.metrics, METRIC_FIELDS + metric_extra))
         extra = sorted({k for c in self.clients for k in c} - set(CLIENT_FIELDS))
         write_text(self.run_dir / "clients.csv", _csv(self.clients, CLIENT_FIELDS + extra))
 
@@ -160,4 +171,28 @@ def _message_scalars(message) -> dict[str, float]:
         v = getattr(message, f.name)
         if f.name not in _MESSAGE_FIELDS and isinstance(v, Tensor) and v.numel() == 1:
             out[f.name] = v.item()
+    return out
+
+
+def round_summary(clients: list[dict[str, float]], fields: list[str]) -> dict[str, float | None]:
+    """One round's summary of the algorithm's per-client message scalars.
+
+    Args:
+        clients: the aggregated clients' scalars (:func:`_message_scalars` of each message).
+        fields: every scalar field name the round's messages carry.
+
+    Returns:
+        ``{f: min}`` for ``f`` ending in ``_min``, ``{f: max}`` for ``_max``, else
+        ``{f + "_mean": mean}``, over the finite values of ``clients``; None where there
+        are none.
+    """
+    out: dict[str, float | None] = {}
+    for f in fields:
+        values = [c[f] for c in clients if f in c and math.isfinite(c[f])]
+        if f.endswith("_min"):
+            out[f] = min(values, default=None)
+        elif f.endswith("_max"):
+            out[f] = max(values, default=None)
+        else:
+            out[f + "_mean"] = sum(values) / len(values) if values else None
     return out
