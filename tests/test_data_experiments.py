@@ -1,11 +1,14 @@
 """`fedtorch run` trains FedAvg on every data-suite experiment folder (tiny settings), on
 LEAF Shakespeare with the char-LSTM, and through the config checks of the data keys."""
 
+import math
 from pathlib import Path
 
 import pytest
 
-from data_files import shakespeare_users, write_leaf
+from fedtorch.data.leaf import SHAKESPEARE_LETTERS
+
+from data_files import write_leaf
 from helpers import metrics, run_cli, run_dirs
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
@@ -50,13 +53,26 @@ def test_partition_of_the_power_law_folder_at_full_scale(capsys, tmp_path, tiny_
     assert code == 0 and "50 clients, 600 samples assigned" in printed and "classes per client: mean 2.00" in printed
 
 
+def cyclic_users(sizes: dict[str, int], offset: int, length: int = 20, cycle: str = "abcdefgh") -> dict:
+    """LEAF Shakespeare users whose lines are windows of ``cycle`` repeated: only
+    len(cycle) of the 80 letters ever occur, and the next character follows from the last."""
+    text = cycle * (length // len(cycle) + 2)
+    users = {}
+    for u, n in sizes.items():
+        starts = [(offset + 3 * j + len(users)) % len(cycle) for j in range(n)]
+        users[u] = ([text[s:s + length] for s in starts], [text[s + length] for s in starts])
+    return users
+
+
 def test_shakespeare_char_lstm_on_leaf_users(capsys, tmp_path):
-    users = shakespeare_users({f"ROLE{i}": 6 + i for i in range(4)}, 0, length=20)
-    write_leaf(tmp_path / "leaf", users, "train")
-    write_leaf(tmp_path / "leaf", shakespeare_users({"ROLE0": 5}, 1, length=20), "test")
-    cfg = (f"CONFIG = {{'rounds': 2, 'output_dir': {str(tmp_path / 'runs')!r}, "
+    """The char-LSTM learns from LEAF users: an untrained model is at about log(80) nats
+    (80 letters), and a few rounds of FedAvg bring the loss on the test user, and the
+    training loss, clearly down (towards log(8): 8 letters occur)."""
+    write_leaf(tmp_path / "leaf", cyclic_users({f"ROLE{i}": 6 + i for i in range(4)}, 0), "train")
+    write_leaf(tmp_path / "leaf", cyclic_users({"ROLE0": 5}, 1), "test")
+    cfg = (f"CONFIG = {{'rounds': 4, 'output_dir': {str(tmp_path / 'runs')!r}, "
            f"'data': {{'dataset': 'shakespeare', 'root': {str(tmp_path / 'leaf')!r}, 'partition': 'natural', 'num_clients': 4}}, "
-           "'model': {'name': 'char_lstm'}, 'client': {'local_steps': 2, 'batch_size': 4, 'lr': 0.5}, "
+           "'model': {'name': 'char_lstm'}, 'client': {'local_steps': 4, 'batch_size': 4, 'lr': 0.5}, "
            "'federation': {'clients_per_round': 2}, 'logging': {'progress': 'none'}}\n")
     folder = tmp_path / "experiments" / "Shakespeare" / "natural_C4"
     folder.mkdir(parents=True)
@@ -64,7 +80,11 @@ def test_shakespeare_char_lstm_on_leaf_users(capsys, tmp_path):
     code, _, err = run_cli(capsys, "run", folder)
     assert code == 0, err
     rows = metrics(run_dirs(tmp_path / "runs")[0])
-    assert len(rows) == 2 and 0 < rows[0]["train_loss"] < 10
+    assert [r["round"] for r in rows] == [1, 2, 3, 4]
+    chance = math.log(len(SHAKESPEARE_LETTERS))  # 4.38 nats
+    assert rows[0]["train_loss"] > chance - 0.5  # round 1 starts near chance ...
+    assert rows[-1]["train_loss"] < 0.75 * rows[0]["train_loss"]  # ... and training lowers it
+    assert rows[-1]["test_loss"] < chance - 1.5
 
 
 def test_noise_partition_trains(capsys, tiny_experiment, runs_dir):

@@ -5,8 +5,8 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
+import pytest
 import torch
 
 from helpers import final_model, metrics, run_cli, run_dirs
@@ -65,25 +65,64 @@ def test_resume_after_exception_is_bit_identical(capsys, tiny_experiment, runs_d
     assert strip_times(metrics(run_dir)) == strip_times(metrics(reference))
 
 
-def test_sigkill_then_resume_is_bit_identical(capsys, tiny_experiment, runs_dir, tmp_path):
-    args = ["rounds=40", "model.name=mlp"]
+# `python -c KILLER run ...`: `fedtorch run` in a process that SIGKILLs itself at a known
+# point, given by KILL_AT=<point>:<round R>, instead of a kill from outside at a time that
+# races with the run. `checkpoint`: round R's checkpoint is written to its temporary file
+# but not yet moved over checkpoint.pt (which still holds R - 1; metrics.jsonl already has
+# row R). `training`: at the first local gradient after round R's checkpoint (round R + 1;
+# the serial executor's FlatModule.loss_and_grad).
+KILLER = """
+import os, signal, sys
+import torch
+from fedtorch.flat import FlatModule
+
+point, kill_round = os.environ["KILL_AT"].split(":")
+checkpointed = []
+real_save, real_loss_and_grad = torch.save, FlatModule.loss_and_grad
+
+
+def save(obj, f, *args, **kwargs):
+    real_save(obj, f, *args, **kwargs)
+    if isinstance(obj, dict) and "server" in obj and obj.get("round") == int(kill_round):
+        if point == "checkpoint":
+            os.kill(os.getpid(), signal.SIGKILL)
+        checkpointed.append(obj["round"])
+
+
+def loss_and_grad(self, *args, **kwargs):
+    if checkpointed and point == "training":
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_loss_and_grad(self, *args, **kwargs)
+
+
+torch.save, FlatModule.loss_and_grad = save, loss_and_grad
+from fedtorch.cli import main
+
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("point, checkpoint_round", [
+    ("checkpoint", 2),  # checkpoint.pt still holds round 2, metrics.jsonl has row 3: resume redoes round 3
+    pytest.param("training", 3, marks=pytest.mark.slow),  # a clean cut: checkpoint and rows agree
+])
+def test_sigkill_then_resume_is_bit_identical(capsys, tiny_experiment, runs_dir, tmp_path, point, checkpoint_round):
+    """A run killed by SIGKILL (a real process, no clean-up) at a known point, in the
+    middle of writing round 3's checkpoint or during round 4's local training, resumes to
+    the uninterrupted run's model and metrics, bit for bit."""
+    args = ["rounds=5", "model.name=mlp", "client.momentum=0.5"]
     assert run_cli(capsys, "run", tiny_experiment, *args)[0] == 0
     (reference,) = run_dirs(runs_dir)
     killed_out = tmp_path / "killed"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "fedtorch", "run", str(tiny_experiment), *args, f"output_dir={killed_out}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    proc = subprocess.run(
+        [sys.executable, "-c", KILLER, "run", str(tiny_experiment), *args, f"output_dir={killed_out}"],
+        env={**os.environ, "KILL_AT": f"{point}:3"}, capture_output=True, text=True, timeout=300,
     )
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        found = list(killed_out.rglob("metrics.jsonl"))
-        if found and found[0].read_text().count("\n") >= 5:
-            break
-        time.sleep(0.01)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, (proc.returncode, proc.stderr[-2000:])
     (run_dir,) = run_dirs(killed_out)
-    assert not (run_dir / "result.json").exists(), "run finished before it could be killed"
+    assert not (run_dir / "result.json").exists()
+    assert torch.load(run_dir / "checkpoint.pt", weights_only=True)["round"] == checkpoint_round
+    assert [m["round"] for m in metrics(run_dir)] == [1, 2, 3]
     assert run_cli(capsys, "run", "--resume", run_dir)[0] == 0
     assert torch.equal(final_model(run_dir), final_model(reference))
     assert strip_times(metrics(run_dir)) == strip_times(metrics(reference))

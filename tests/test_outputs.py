@@ -1,11 +1,14 @@
 """The run directory, sweeps and TensorBoard output."""
 
 import csv
+import itertools
 import json
 
+import pytest
+import torch
 import yaml
 
-from helpers import metrics, run_cli, run_dirs
+from helpers import final_model, metrics, run_cli, run_dirs
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -43,14 +46,36 @@ def test_learns_on_tiny_data(capsys, tiny_experiment, runs_dir):
     assert rows[-1]["test_accuracy"] > 0.9 and rows[-1]["train_loss"] < 0.5 * rows[0]["train_loss"]
 
 
-def test_multirun_grid_and_summary(capsys, tiny_experiment, runs_dir):
-    code, out, _ = run_cli(capsys, "run", tiny_experiment, "--multirun", "algorithm.name=fedprox", "algorithm.mu=0,0.5", "seed=0,1", "rounds=2")
+def test_multirun_grid_and_summary(capsys, tiny_experiment, runs_dir, tmp_path):
+    """Each grid point runs the configuration asked for, summary.csv holds each run's
+    result.json, the points train different models (seed: sampling and minibatches, mu:
+    the local objective), and a point run alone gives the same model as in the sweep."""
+    grid = ["algorithm.name=fedprox", "algorithm.mu=0,0.5", "seed=0,1", "rounds=2"]
+    code, out, _ = run_cli(capsys, "run", tiny_experiment, "--multirun", *grid)
     assert code == 0 and "[4/4]" in out
     (sweep,) = list(runs_dir.rglob("summary.csv"))
     with open(sweep) as f:
         rows = list(csv.DictReader(f))
     assert [(r["algorithm.mu"], r["seed"]) for r in rows] == [("0", "0"), ("0", "1"), ("0.5", "0"), ("0.5", "1")]
-    assert len(run_dirs(runs_dir)) == 4 and all(float(r["final_test_accuracy"]) > 0 for r in rows)
+    assert len(run_dirs(runs_dir)) == 4
+    models = {}
+    for row in rows:
+        run_dir = sweep.parent / row["run_dir"]
+        mu, seed = float(row["algorithm.mu"]), int(row["seed"])
+        cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+        assert (cfg["algorithm"]["name"], cfg["algorithm"]["mu"], cfg["seed"], cfg["rounds"]) == ("fedprox", mu, seed, 2)
+        result = json.loads((run_dir / "result.json").read_text())
+        assert result["final_test_accuracy"] == metrics(run_dir)[-1]["test_accuracy"]
+        shared = [k for k in result if k in row]
+        assert {"final_test_accuracy", "final_train_loss", "seed"} <= set(shared)
+        assert {k: row[k] for k in shared} == {k: "" if result[k] is None else str(result[k]) for k in shared}
+        models[mu, seed] = final_model(run_dir)
+    points = list(models)
+    for a, b in itertools.combinations(points, 2):
+        assert not torch.equal(models[a], models[b]), (a, b)
+    assert run_cli(capsys, "run", tiny_experiment, *grid[:1], "algorithm.mu=0.5", "seed=1", "rounds=2", f"output_dir={tmp_path / 'alone'}")[0] == 0
+    (alone,) = run_dirs(tmp_path / "alone")
+    assert torch.equal(final_model(alone), models[0.5, 1])
 
 
 def test_multirun_validates_every_point_before_running(capsys, tiny_experiment, runs_dir):
@@ -60,14 +85,26 @@ def test_multirun_validates_every_point_before_running(capsys, tiny_experiment, 
 
 
 def test_tensorboard_event_files(capsys, tiny_experiment, runs_dir):
-    assert run_cli(capsys, "run", tiny_experiment, "rounds=2", "logging.tensorboard=true")[0] == 0
+    """The event files hold, for every scalar tag, one value per round that has it, equal
+    to that round's row in metrics.jsonl (rounds without a test evaluation have none)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    assert run_cli(capsys, "run", tiny_experiment, "rounds=3", "eval.every=2", "logging.tensorboard=true")[0] == 0
     (run_dir,) = run_dirs(runs_dir)
-    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    tags = events.Tags()["scalars"]
+    assert {"train_loss", "test_loss", "test_accuracy", "wall_seconds"} <= set(tags)
+    rows = metrics(run_dir)
+    assert [r["test_loss"] is not None for r in rows] != [True] * 3  # some rounds are not evaluated
+    for tag in tags:
+        logged = [(e.step, e.value) for e in events.Scalars(tag)]
+        want = [(r["round"], r[tag]) for r in rows if r.get(tag) is not None]
+        assert [step for step, _ in logged] == [step for step, _ in want], tag
+        assert [v for _, v in logged] == pytest.approx([v for _, v in want], rel=1e-6), tag  # stored as float32
 
 
 def test_help_lists_keys_and_defaults(capsys):
-    import pytest
-
     from fedtorch.cli import main
 
     with pytest.raises(SystemExit) as e:
@@ -98,3 +135,9 @@ def test_final_model_loads_into_a_plain_torch_model(capsys, tiny_experiment, run
         accuracy = (model(ds.test_x).argmax(1) == ds.test_y).float().mean().item()
     result = json.loads((run_dir / "result.json").read_text())
     assert abs(accuracy - result["final_test_accuracy"]) < 1e-6
+
+
+def test_sweep_folder_names_keep_the_value_of_dotted_keys():
+    from fedtorch.experiment.sweep import _slug
+
+    assert _slug(["algorithm.name=fedprox", "algorithm.mu=0.5", "seed=1"]) == "name=fedprox_mu=0.5_seed=1"

@@ -1,8 +1,6 @@
 """Property tests of every partitioner: cover, sizes, classes per client, skew, minimum
 sizes, determinism, and clear errors for impossible requests."""
 
-import time
-
 import numpy as np
 import pytest
 import torch
@@ -105,9 +103,14 @@ def test_lognormal_sizes_sum_grow_in_spread_with_sigma_and_sigma0_is_balanced():
 def test_quantity_skew_grows_as_beta_shrinks_and_tiny_beta_terminates():
     stds = [sizes(quantity_dirichlet(TARGETS, 50, 0, beta=b, min_samples=10)).std() for b in (100, 1, 0.1)]
     assert stds[0] < stds[1] < stds[2]
-    start = time.perf_counter()
-    parts = quantity_dirichlet(TARGETS, 100, 0, beta=1e-3, min_samples=50)  # NIID-Bench's redraw loop would hang
-    assert time.perf_counter() - start < 1 and sizes(parts).min() == 50 and sizes(parts).sum() == len(TARGETS)
+    # NIID-Bench redraws q until every client has min_samples, which at beta = 1e-3 never
+    # happens; here each client gets 40 first and q, nearly a vertex of the simplex, gives
+    # almost all of the 1000 left to one client (every share underflows at 1e-300: all to one)
+    for beta, top in ((1e-3, 800), (1e-300, 1000)):
+        parts = quantity_dirichlet(TARGETS, 100, 0, beta=beta, min_samples=40)
+        assert_exact_cover(parts, len(TARGETS))
+        n = np.sort(sizes(parts))
+        assert n[0] == 40 and n[-1] >= 40 + top and n[-2] <= 40 + (1000 - top) // 2, beta
 
 
 @pytest.mark.parametrize("split", [dirichlet, client_inner_dirichlet])
@@ -222,11 +225,9 @@ def test_js_distance_bounds():
         (lambda: split_dataset(CUBE, "nope", 4, 0), "unknown partitioner 'nope'; available: client-inner-dir"),
     ],
 )
-def test_impossible_requests_raise_at_once(call, match):
-    start = time.perf_counter()
+def test_impossible_requests_raise_a_clear_error(call, match):
     with pytest.raises((PartitionError, KeyError), match=match):
         call()
-    assert time.perf_counter() - start < 1
 
 
 def test_options_set_to_none_take_each_partitioners_default():

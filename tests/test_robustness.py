@@ -123,14 +123,29 @@ def test_compare_header_uses_participation_and_the_partitions_own_settings(capsy
 # ---------------------------------------------------------------- 6. unique folders
 
 
-def test_folders_started_in_the_same_second_do_not_collide(capsys, tiny_experiment, runs_dir, monkeypatch):
+def same_second(monkeypatch):
+    """Every folder-naming timestamp frozen at one second."""
     from fedtorch.experiment import compare, runner, sweep
 
     for module in (paths, runner, compare, sweep):
         monkeypatch.setattr(module, "timestamp", lambda: "20260101-000000")
+
+
+def test_run_folders_started_in_the_same_second_do_not_collide(tiny_experiment, monkeypatch):
+    from fedtorch.experiment import runner
+
+    same_second(monkeypatch)
     cfg = validate(load_experiment(tiny_experiment)[0])
     a, b = runner.new_run_dir(cfg, tiny_experiment), runner.new_run_dir(cfg, tiny_experiment)
     assert a != b and b.name == a.name + "-1"
+
+
+@pytest.mark.slow  # 4 CLI runs; the naming rule is covered by the test above and the threads one below
+def test_compare_and_sweep_folders_started_in_the_same_second_do_not_collide(capsys, tiny_experiment, runs_dir, monkeypatch):
+    from fedtorch.experiment import runner
+
+    same_second(monkeypatch)
+    a = runner.new_run_dir(validate(load_experiment(tiny_experiment)[0]), tiny_experiment)
     for _ in range(2):
         assert run_cli(capsys, "compare", tiny_experiment, "--algorithms", "fedavg", "rounds=1")[0] == 0
         assert run_cli(capsys, "run", tiny_experiment, "--multirun", "rounds=1")[0] == 0

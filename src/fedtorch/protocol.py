@@ -49,8 +49,10 @@ Vectorised convention (an executor training C clients at once): ``run.y`` is ``(
 ``run.state`` has a leading ``C``; the per-client fields of ``run.ctx`` (``client_id``,
 ``num_samples``, ``num_steps``) are ``(C, 1)`` tensors, ``lr`` may be a float or ``(C, 1)``;
 ``run.step`` is the common step index k (an int) and the executor masks out clients with
-k >= K_i (it restores their rows of ``run.y`` and of every ``run.buffers`` tensor with a
-leading C after the step; ``finish_local`` gets the mean losses as a ``(C, 1)`` tensor).
+k >= K_i (it restores their rows of ``run.y`` and of every per-client ``run.buffers``
+tensor after the step: per-client buffers are 2-D with C rows, ``(C, P)`` or ``(C, 1)``;
+shared ones are 0-dim or ``(P,)`` and are not masked; any other buffer with C leading rows,
+such as ``(C,)``, is refused; ``finish_local`` gets the mean losses as a ``(C, 1)`` tensor).
 Hooks therefore use ``run.ctx.num_steps`` (not ``run.step``) for K_i, write
 arithmetic that works for a number or a ``(C, 1)`` tensor, and return a message whose
 tensor fields have the leading ``C``; the executor splits it with

@@ -15,13 +15,15 @@ over the real samples, so the gradient is the serial one.
 Masking (clients with fewer steps): step k runs for every client, but client i only takes
 steps k < K_i. Clients are sorted by K_i (most first) before chunking, so at step k the
 finished clients are a chunk's last rows; the executor saves those rows of ``run.y`` and of
-every stacked ``run.buffers`` tensor (leading dimension C: momentum and other optimiser
-scratch) before the hooks run and writes them back after (a buffer the hooks create at
-that step gets those rows zeroed), so a finished client's iterate and optimiser state stay
-exactly where its last step left them. Its padded minibatch has weight 0, so its loss (and gradient) is 0 and its mean loss
-is the sum over its own K_i steps divided by K_i. Per-step scratch that must survive
-masking belongs in ``run.buffers``; ``run.state`` is the client's persistent state and is
-read during the steps and replaced by ``finish_local``.
+every per-client ``run.buffers`` tensor (2-D with C rows, ``(C, P)`` or ``(C, 1)``: momentum
+and other optimiser scratch; a shared 0-dim or ``(P,)`` buffer is not masked, even when
+P = C, see :func:`per_client_buffers`) before the hooks run and writes them back after (a
+per-client buffer the hooks create at that step gets those rows zeroed), so a finished
+client's iterate and optimiser state stay exactly where its last step left them. Its
+padded minibatch has weight 0, so its loss (and gradient) is 0 and its mean loss is the
+sum over its own K_i steps divided by K_i. Per-step scratch that must survive masking
+belongs in ``run.buffers``; ``run.state`` is the client's persistent state and is read
+during the steps and replaced by ``finish_local``.
 
 Chunking: the selected clients are trained ``max_clients_per_step`` at a time. The default
 is the smaller of (a) as many clients as fit an estimated memory budget (1 GiB on the CPU,
@@ -56,6 +58,7 @@ from torch.func import functional_call, grad_and_value, vmap
 from fedtorch.data.federated import minibatch_indices
 from fedtorch.execution.base import Executor
 from fedtorch.execution.local_training import broadcast_to, take_step
+from fedtorch.execution.row_masking import per_client_buffers, restore_rows, save_rows
 from fedtorch.execution.slots import intra_op_threads
 from fedtorch.flat import FlatModule, ParamLayout
 from fedtorch.protocol import Broadcast, ClientResult, ClientTask, LocalRun, RoundContext, State
@@ -196,10 +199,12 @@ class VectorizedExecutor(Executor):
             idx = index[k]
             batch[:] = [self.train_x[idx], self.train_y[idx], weight[k]]
             active = sum(1 for n in steps if n > k)  # rows active..count-1 have taken all their steps
-            saved = _save_rows(run, active) if active < count else None
+            saved = save_rows(run, active) if active < count else None
             loss_sum += take_step(algorithm, run, lambda: fn(y, *batch)[::-1])
             if saved is not None:
-                _restore_rows(run, active, saved)
+                restore_rows(run, active, saved)
+            else:
+                per_client_buffers(run)  # the same shape check at every step, masked or not
         mean_loss = (loss_sum / steps_dev.clamp(min=1)).unsqueeze(1)
         message, new_state = algorithm.finish_local(run, mean_loss)
         messages = message.unstack()
@@ -372,26 +377,3 @@ def padded_minibatches(tasks: Sequence[ClientTask], batch_size: int, device: tor
     index = torch.stack([row for step in rows for row in step]).view(k_max, count, batch_size)
     weight = (torch.arange(batch_size) < torch.tensor(lengths).unsqueeze(-1)).float()
     return index.to(device), weight.to(device)
-
-
-def _save_rows(run: LocalRun, first: int) -> dict[str, torch.Tensor]:
-    """Copies of rows ``first:`` (finished clients) of ``run.y`` and of every
-    ``run.buffers`` tensor with a leading client dimension C."""
-    count = run.y.shape[0]
-    saved = {"": run.y[first:].clone()}
-    for name, b in run.buffers.items():
-        if b.dim() and b.shape[0] == count:
-            saved[name] = b[first:].clone()
-    return saved
-
-
-def _restore_rows(run: LocalRun, first: int, saved: dict[str, torch.Tensor]) -> None:
-    """Put back what :func:`_save_rows` copied; buffers created during the step (absent
-    from ``saved``) get rows ``first:`` zeroed: a finished client never started them."""
-    run.y[first:] = saved.pop("")
-    count = run.y.shape[0]
-    for name, b in run.buffers.items():
-        if name in saved:
-            b[first:] = saved[name]
-        elif b.dim() and b.shape[0] == count:
-            b[first:] = 0

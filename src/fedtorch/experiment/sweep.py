@@ -50,7 +50,13 @@ def expand(overrides: list[str]) -> list[list[str]]:
 
 
 def _slug(combo: list[str]) -> str:
-    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", ",".join(c.split(".")[-1] for c in combo))[:120] or "run"
+    """Folder-name part of a grid point: the last key component and its value
+    (``algorithm.mu=0.5`` -> ``mu=0.5``)."""
+    parts = []
+    for c in combo:
+        key, _, value = c.partition("=")
+        parts.append(f"{key.split('.')[-1]}={value}")
+    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", ",".join(parts))[:120] or "run"
 
 
 def run_sweep(base: DictConfig, experiment: Path, overrides: list[str]) -> Path:
