@@ -65,3 +65,27 @@ def test_compare_rejects_bad_input_before_running(capsys, tiny_experiment, runs_
         code, _, err = run_cli(capsys, "compare", tiny_experiment, *args)
         assert code == 2 and message in err, err
     assert not list(runs_dir.rglob("compare_*"))
+
+
+def _write_metrics(run_dir, accuracies, loss=0.5):
+    run_dir.mkdir(parents=True)
+    rows = [{"round": r + 1, "train_loss": loss, "test_loss": loss, "test_accuracy": a} for r, a in enumerate(accuracies)]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return run_dir
+
+
+def test_a_run_ending_at_chance_accuracy_is_flagged(tmp_path):
+    from fedtorch.experiment.compare import CHANCE_MARGIN, summarize_run
+
+    collapsed = _write_metrics(tmp_path / "collapsed", [0.45, 0.30, 0.10])  # learnt, then collapsed (FedCM at momentum 0.9)
+    row = summarize_run("fedcm", collapsed, 0.5, num_classes=10)
+    assert row["status"] == "chance" and "1/10" in row["note"]
+    edge = _write_metrics(tmp_path / "edge", [0.1 + CHANCE_MARGIN])
+    assert summarize_run("a", edge, 0.5, num_classes=10)["status"] == "chance"
+    learnt = _write_metrics(tmp_path / "learnt", [0.1, 0.1 + CHANCE_MARGIN + 0.01])
+    assert summarize_run("a", learnt, 0.5, num_classes=10)["status"] == "ok"
+    assert summarize_run("a", collapsed, 0.5)["status"] == "ok"  # classes unknown: no check
+    binary = _write_metrics(tmp_path / "binary", [0.51])
+    assert summarize_run("a", binary, 0.5, num_classes=2)["status"] == "chance"
+    nan = _write_metrics(tmp_path / "nan", [0.1], loss=float("nan"))
+    assert summarize_run("a", nan, 0.5, num_classes=10)["status"] == "diverged"  # diverged wins over chance

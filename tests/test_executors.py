@@ -69,7 +69,9 @@ def executors():
 
 def make_algorithm(name: str):
     cls = get_algorithm(name)
-    return cls(cls.Hparams(), LocalSGD(momentum=0.9, weight_decay=1e-3), federation=FederationInfo(num_clients=len(SIZES), lr=LR))
+    steps = [2 * -(-n // BATCH) for n in SIZES]  # local_epochs = 2 in train()
+    info = FederationInfo(num_clients=len(SIZES), lr=LR, total_samples=sum(SIZES), mean_local_steps=sum(steps) / len(steps))
+    return cls(cls.Hparams(), LocalSGD(momentum=0.9, weight_decay=1e-3), federation=info)
 
 
 def initial_model() -> torch.Tensor:

@@ -23,7 +23,7 @@ def relative_error(name, rounds, **hp):
     return ((server.x - x_star).norm() / x_star.norm()).item()
 
 
-@pytest.mark.parametrize("name, hp", [("scaffold", {}), ("scaffnew", {}), ("feddyn", {"alpha": 0.1})])
+@pytest.mark.parametrize("name, hp", [("scaffold", {}), ("scaffnew", {"p": 1 / K}), ("feddyn", {"alpha": 0.1})])
 def test_drift_corrected_methods_reach_the_exact_optimum(name, hp):
     assert relative_error(name, 400, **hp) < 1e-6
 
@@ -44,7 +44,7 @@ def test_scaffnew_control_variates_sum_to_zero_after_every_round():
         h = [s["h"] for s in states.values()]
         sums.append(torch.stack(h).sum(0).norm().item() / max(x.norm().item() for x in h))
 
-    simulate(build("scaffnew", 4, lr), clients, torch.zeros(5, dtype=torch.float64), 50, lr, on_round=h_sum)
+    simulate(build("scaffnew", 4, lr, p=1 / K), clients, torch.zeros(5, dtype=torch.float64), 50, lr, on_round=h_sum)
     assert len(sums) == 50 and max(sums[1:]) < 1e-12
 
 
@@ -54,7 +54,7 @@ def test_scaffnew_random_steps_are_geometric_shared_and_exact():
     assert min(draws) >= 1 and sum(draws) / len(draws) == pytest.approx(4.0, rel=0.1)  # E[K] = 1/p
     assert draws == [algo.num_local_steps(t, 3, 7, default=1) for t in range(2000)]  # same K for every client
     assert draws != [algo.num_local_steps(t, 0, 8, default=99) for t in range(2000)]  # depends on the seed
-    assert build("scaffnew", 4, 0.1).num_local_steps(0, 0, 7, default=6) == 6
+    assert build("scaffnew", 4, 0.1, p=0.25).num_local_steps(0, 0, 7, default=6) == 6
     clients, x_star, smooth = least_squares()
     lr = 0.5 / smooth
     server, _ = simulate(build("scaffnew", 4, lr, random_steps=True, p=0.25), clients, torch.zeros(5, dtype=torch.float64), 400, lr)

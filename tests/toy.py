@@ -24,11 +24,13 @@ def toy_data(n: int = 40, features: int = 5, classes: int = 3, seed: int = 0) ->
     return TensorDataset(x, y, x, y, classes, "toy")
 
 
-def make(name: str, num_clients: int = 2, lr: float = 0.1, local: LocalSGD | None = None, server: dict | None = None, **hp):
-    """Algorithm ``name`` with hyper-parameters ``hp`` (others default)."""
+def make(name: str, num_clients: int = 2, lr: float = 0.1, local: LocalSGD | None = None, server: dict | None = None,
+         mean_local_steps: float | None = 1.0, **hp):
+    """Algorithm ``name`` with hyper-parameters ``hp`` (others default); ``mean_local_steps``
+    sets Scaffnew's default p = 1 / mean K_i."""
     cls = get_algorithm(name)
     opt = make_server_optimizer(**server) if server is not None else None
-    return cls(cls.Hparams(**hp), local, opt, FederationInfo(num_clients, lr))
+    return cls(cls.Hparams(**hp), local, opt, FederationInfo(num_clients, lr, mean_local_steps=mean_local_steps))
 
 
 def x0_for(ds: TensorDataset) -> torch.Tensor:

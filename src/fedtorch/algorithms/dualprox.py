@@ -13,6 +13,12 @@ where y_{k-1} is the previous local step's iterate (no lambda term at the first 
 It sends Delta_i = x^t - y_{i,K} and keeps y_{i,K} as its state. With lambda = 0 and
 the persistent model replaced by x^t it is FedProx bit for bit. Memory: one P-vector
 per client. Defaults mu = 0.01, lambda = 0.01 (``algorithm.lam``).
+
+Client momentum: both proximal terms are gradients of the local objective above, so they
+go into the momentum buffer with g (momentum is only the local solver). The persistent
+state is the local model itself, not an average that defines a fixed point; the
+aggregate uses the round's weights p_i (``federation.weighting``). How the seed
+framework's code composes these terms with momentum is unverified.
 """
 
 from dataclasses import dataclass

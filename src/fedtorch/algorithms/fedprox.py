@@ -8,6 +8,12 @@ SGD direction is the gradient of h_i::
 
 Everything else (messages, aggregation, partial work of stragglers) is FedAvg's.
 With mu = 0 it is FedAvg exactly.
+
+Client momentum: the proximal term is the gradient of the local objective, so it goes
+into the momentum buffer with g (momentum is only the local solver of h_i), as in
+NIID-Bench's ``train_net_fedprox``, which adds (mu/2)||w - w_g||^2 to the loss before
+its momentum SGD step. No client state, hence no fixed point to protect; the aggregate
+uses the round's weights p_i (``federation.weighting``).
 """
 
 from dataclasses import dataclass

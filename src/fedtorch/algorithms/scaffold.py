@@ -9,13 +9,30 @@ with x^t. Local steps are corrected by the control variates::
 After its K_i steps client i updates its control variate (option II) and sends both
 differences::
 
-    c_i^+ = c_i - c + Delta_i / (K_i eta_l)
+    c_i^+ = c_i - c + Delta_i / (tau_i eta_l)
     message = (Delta_i, dc_i = c_i^+ - c_i)
 
-Server, over the M clients aggregated of N in total::
+with tau_i = K_i without client momentum (the paper) and the momentum-effective step
+count :meth:`~fedtorch.algorithms.base.LocalSGD.effective_steps` with it. Server, over
+the M clients aggregated of N in total::
 
-    x^{t+1} = x^t - eta_g sum_i p_i Delta_i        (any server.optimizer)
-    c      <- c + (M / N) (1/M) sum_i dc_i
+    x^{t+1} = x^t - eta_g sum_{i in S} p_i Delta_i          (any server.optimizer)
+    c      <- c + sum_{i in S} q_i dc_i
+
+p_i are the round's weights and q_i the population weights of the objective
+``federation.weighting`` names (:meth:`fedtorch.protocol.FederationInfo.population_weights`:
+n_i / n, or 1/N). So c = sum_{all i} q_i c_i stays the objective's average control
+variate; uniform q gives the paper's c <- c + (M/N) mean_i dc_i. At a fixed point
+c_i = grad f_i(x*) and c = 0, i.e. sum_i q_i grad f_i(x*) = 0: the run targets the
+sample-weighted objective sum_i (n_i/n) f_i under ``weighting=samples`` and
+(1/N) sum_i f_i under ``uniform`` (averaging c uniformly while x is sample-weighted, as
+NIID-Bench's ``local_train_net_scaffold`` does, targets the uniform one in both cases).
+
+Client momentum: the correction goes into the momentum buffer with the gradient (the
+heavy ball then acts on g - c_i + c, which vanishes at the optimum) and option II divides
+by tau_i, so c_i stays a per-step gradient estimate; see :class:`~fedtorch.algorithms.base.LocalSGD`
+for why NIID-Bench's rule (correction applied after the momentum step) is not used.
+Momentum 0 gives the paper's rule bit for bit.
 
 Each client uses its own K_i. Memory: one P-vector per client that has taken part
 (P x 4 bytes) in the client-state store; the message and the broadcast are two
@@ -26,7 +43,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from fedtorch.algorithms.base import FedAlgorithm, local_work, uniform_mean, weighted_mean
+from fedtorch.algorithms.base import FedAlgorithm, local_work, weighted_mean
 from fedtorch.algorithms.registry import register
 from fedtorch.protocol import Broadcast, ClientMessage, LocalRun, ServerState, State
 
@@ -67,15 +84,15 @@ class Scaffold(FedAlgorithm):
         return g + run.buffers["correction"]
 
     def finish_local(self, run: LocalRun, loss: float) -> tuple[ClientMessage, State]:
-        """c_i^+ = c_i - c + Delta_i / (K_i eta_l); sends (Delta_i, c_i^+ - c_i)."""
+        """c_i^+ = c_i - c + Delta_i / (tau_i eta_l); sends (Delta_i, c_i^+ - c_i)."""
         base = self.message(run, loss)
         c_i = run.state["c"]
-        c_new = c_i - run.broadcast.extra["c"] + base.delta / local_work(run)
+        c_new = c_i - run.broadcast.extra["c"] + base.delta / local_work(run, self.local)
         message = ScaffoldMessage(**vars(base), dc=c_new - c_i)
         return message, {"c": c_new}
 
     def server_delta(self, server: ServerState, messages: ClientMessage, weights: Tensor) -> tuple[Tensor, State]:
-        """Delta = sum p_i Delta_i; c <- c + (M/N) mean_i dc_i."""
-        m = messages.dc.shape[0]
-        c = server.extra["c"] + (m / self.federation.num_clients) * uniform_mean(messages.dc)
+        """Delta = sum_S p_i Delta_i; c <- c + sum_S q_i dc_i (q_i: population weights)."""
+        q = self.federation.population_weights(messages.num_samples)
+        c = server.extra["c"] + weighted_mean(messages.dc, q)
         return weighted_mean(messages.delta, weights), {"c": c}

@@ -2,8 +2,11 @@
 schedule, summarised in one table (Markdown + CSV) and one accuracy-vs-round plot.
 
 Every configuration is validated before the first run starts. A run whose model or
-losses become NaN/Inf is reported as ``diverged``; a run that raises is reported as
-``crashed`` with its error, and the comparison goes on with the next algorithm.
+losses become NaN/Inf is reported as ``diverged``; a run whose final test accuracy is at
+chance, at most 1/num_classes + :data:`CHANCE_MARGIN`, is reported as ``chance`` (it
+trained to nothing: a collapsed or exploded model that still gives finite losses); a run
+that raises is reported as ``crashed`` with its error, and the comparison goes on with
+the next algorithm.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from fedtorch.experiment.config import apply_overrides, clients_per_round, parse
 from fedtorch.experiment.errors import ConfigError  # noqa: E402
 from fedtorch.experiment.paths import experiment_output_dir, make_unique_dir, timestamp  # noqa: E402
 from fedtorch.experiment.runner import execute, new_run_dir, prepare  # noqa: E402
+
+CHANCE_MARGIN = 0.02  # absolute accuracy above 1/num_classes still counted as chance (10 classes: <= 0.12)
 
 COLUMNS = ["algorithm", "status", "final_test_accuracy", "best_test_accuracy", "rounds_to_target", "seconds_per_round",
            "bytes_per_round", "client_acc_mean", "client_acc_worst10", "personal_acc_mean", "run_dir", "note"]
@@ -69,7 +74,7 @@ def plan(base: DictConfig, algorithms: list[str], overrides: list[str]) -> list[
     return configs
 
 
-def summarize_run(name: str, run_dir: Path, target: float) -> dict:
+def summarize_run(name: str, run_dir: Path, target: float, num_classes: int | None = None) -> dict:
     """One table row from a finished (or failed) run directory.
 
     Args:
@@ -77,11 +82,14 @@ def summarize_run(name: str, run_dir: Path, target: float) -> dict:
         run_dir: the run directory; its ``metrics.jsonl`` and ``result.json`` are read
             when present (a run that crashed before writing them gives empty cells).
         target: test accuracy for ``rounds_to_target`` (first evaluated round reaching it).
+        num_classes: the dataset's number of classes, for the chance check (None: no check).
 
     Returns:
-        A dict with every key of :data:`COLUMNS` (status ``ok``, or ``diverged`` when a
-        train or test loss is missing or non-finite) plus ``curve``: ``[(round, test
-        accuracy)]`` of the evaluated rounds, for the plot.
+        A dict with every key of :data:`COLUMNS` (status ``ok``; ``diverged`` when a
+        train or test loss is missing or non-finite; else ``chance`` when the final test
+        accuracy is <= 1/num_classes + :data:`CHANCE_MARGIN`) plus ``curve``: ``[(round,
+        test accuracy)]`` of the evaluated rounds, for the plot. A majority-class
+        predictor on an unbalanced test set can score above this threshold and is not caught.
     """
     row = {"algorithm": name, "run_dir": run_dir.name, "status": "ok", "note": ""}
     metrics_path = run_dir / "metrics.jsonl"
@@ -102,6 +110,10 @@ def summarize_run(name: str, run_dir: Path, target: float) -> dict:
         **{k: result.get(k) for k in ("client_acc_mean", "client_acc_worst10", "personal_acc_mean")},
         "curve": [(r["round"], r["test_accuracy"]) for r in evals],
     })
+    final = row["final_test_accuracy"]
+    if row["status"] == "ok" and num_classes and final is not None and final <= 1 / num_classes + CHANCE_MARGIN:
+        row["status"] = "chance"
+        row["note"] = f"final accuracy {final:.4f} <= chance 1/{num_classes} + {CHANCE_MARGIN}"
     return row
 
 
@@ -136,10 +148,11 @@ def run_comparison(base: DictConfig, experiment: Path, algorithms: list[str], ov
     for i, cfg in enumerate(configs):
         name = cfg.algorithm.name
         print(f"[{i + 1}/{len(configs)}] {name}", flush=True)
-        prep, first, error = first, None, None
+        prep, first, error, classes = first, None, None, None
         try:
             if prep is None:
                 prep = prepare(cfg)
+            classes = prep.data.data.num_classes
         except (KeyboardInterrupt, ConfigError):
             raise
         except Exception as e:  # one algorithm's failure must not stop the comparison
@@ -153,7 +166,7 @@ def run_comparison(base: DictConfig, experiment: Path, algorithms: list[str], ov
             except Exception as e:  # one algorithm's failure must not stop the comparison
                 error = _failure(e)
         prep = None  # free this algorithm's data before the next one loads its own
-        row = summarize_run(name, run_dir, target)
+        row = summarize_run(name, run_dir, target, classes)
         if error is not None:
             row.update(status="crashed", note=error)
         rows.append(row)
