@@ -5,6 +5,7 @@
     fedtorch partition <experiment-folder> [key.sub=value ...] [--out DIR]
     fedtorch algorithms
     fedtorch compare <experiment-folder> --algorithms a,b,c [key.sub=value ...] [--target 0.7]
+    fedtorch reproduce <table> [--cells a,b] [--methods x,y] [--seeds N] [--rounds R] [--smoke] [--out DIR] [--jobs J]
 
 Bad input prints one ``error:`` line (key, value, what is allowed) and exits with 2.
 """
@@ -66,6 +67,20 @@ def _parser() -> argparse.ArgumentParser:
     cmp.add_argument("overrides", nargs="*", metavar="key.sub=value", help="overrides for every run")
     cmp.add_argument("--algorithms", required=True, help="comma-separated names, or all")
     cmp.add_argument("--target", type=float, default=0.7, help="test accuracy for the rounds-to-target column (default 0.7)")
+    rep = sub.add_parser(
+        "reproduce", help="run a published table's settings; report our numbers beside the published ones",
+        description="Run every cell of a published table (each cell runs every method of the table) and write "
+        "<table>.md, <table>.csv and <table>.png into --out: published number, ours (mean +- std over seeds), "
+        "difference. Finished runs in --out are reused, so a table can be filled in several calls.",
+    )
+    rep.add_argument("table", help="table name (niid-bench-fmnist, fedprox-synthetic)")
+    rep.add_argument("--cells", help="comma-separated cells (default: all)")
+    rep.add_argument("--methods", help="comma-separated methods of the table (default: all)")
+    rep.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 per cell and method (default 1)")
+    rep.add_argument("--rounds", type=int, help="rounds per run (default: the published number); the report labels a change")
+    rep.add_argument("--smoke", action="store_true", help="CI check: one cell, 2 rounds, small data")
+    rep.add_argument("--out", help="report folder; runs go to <out>/runs (default runs/reproduce/<table>)")
+    rep.add_argument("--jobs", type=int, default=1, help="runs in parallel, one process each (default 1)")
     return p
 
 
@@ -81,10 +96,32 @@ def _cmd_compare(args) -> int:
     return 1 if any(r["status"] == "crashed" for r in rows) else 0
 
 
+def _cmd_reproduce(args) -> int:
+    from fedtorch.reproduce import get_table
+    from fedtorch.reproduce.report import write_report
+    from fedtorch.reproduce.runner import plan, run_jobs
+
+    table = get_table(args.table)
+    if args.jobs < 1:
+        raise ConfigError(f"--jobs={args.jobs} is not allowed: must be >= 1")
+    setting, jobs = plan(table, args.cells, args.methods, args.seeds, args.rounds, args.smoke)
+    out = Path(args.out) if args.out else Path("runs") / "reproduce" / table.name
+    print(f"{table.title}: {len(jobs)} runs of {setting.rounds} rounds", flush=True)
+    run_jobs(table, jobs, setting, out, args.jobs)
+    flags = [f"--{k} {v}" for k, v in (("cells", args.cells), ("methods", args.methods), ("seeds", args.seeds),
+                                        ("rounds", args.rounds), ("out", args.out), ("jobs", args.jobs)) if v is not None]
+    command = " ".join(["fedtorch reproduce", table.name, *flags, *(["--smoke"] if args.smoke else [])])
+    md, _ = write_report(table, out, setting, command)
+    print(md.read_text(), end="")
+    print(f"report in {out} ({md.stem}.md, .csv, .png; runs in {out / 'runs'})")
+    return 0
+
+
 def _cmd_run(args) -> int:
-    from fedtorch.experiment.checkpoint import CHECKPOINT_NAME
     from fedtorch.experiment.config import apply_overrides, load_experiment, validate
-    from fedtorch.experiment.runner import RESULT_NAME, execute, load_run_config, new_run_dir, prepare
+    from fedtorch.experiment.runner import (
+        RESULT_NAME, check_resumable, execute, interrupted_hint, load_run_config, new_run_dir, prepare,
+    )
     from fedtorch.experiment.sweep import run_sweep
 
     if args.resume:
@@ -95,11 +132,7 @@ def _cmd_run(args) -> int:
         if (run_dir / RESULT_NAME).is_file():
             print(f"{run_dir} is already complete ({RESULT_NAME} exists); nothing to resume")
             return 0
-        # refusals that need no data: checked before prepare() loads and splits it
-        if cfg.federation.mode == "async":
-            raise ConfigError(f"{run_dir} is an async run (federation.mode=async); async runs cannot be resumed, run it again")
-        if not (run_dir / CHECKPOINT_NAME).is_file():
-            raise ConfigError(f"{run_dir} has no {CHECKPOINT_NAME}: nothing to resume (the run stopped before its first checkpoint); run it again")
+        check_resumable(cfg, run_dir)  # needs no data: checked before prepare() loads and splits it
         prep = prepare(cfg)
         print(f"execution: {prep.executor.description}", flush=True)
         result = execute(prep, run_dir, resume=True)
@@ -119,11 +152,7 @@ def _cmd_run(args) -> int:
     try:
         result = execute(prep, run_dir)
     except KeyboardInterrupt:
-        if cfg.federation.mode == "async":
-            print(f"\ninterrupted; async runs cannot be resumed (clients in flight are not checkpointed), "
-                  f"start it again; partial outputs in {run_dir}", file=sys.stderr)
-        else:
-            print(f"\ninterrupted; continue with: fedtorch run --resume {run_dir}", file=sys.stderr)
+        print(f"\n{interrupted_hint(cfg, run_dir)}", file=sys.stderr)
         return 130
     _report(run_dir, result)
     return 0
@@ -191,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_partition(args)
         if args.command == "compare":
             return _cmd_compare(args)
+        if args.command == "reproduce":
+            return _cmd_reproduce(args)
         return _cmd_algorithms()
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)

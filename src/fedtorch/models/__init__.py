@@ -11,7 +11,7 @@ from typing import Callable
 
 from torch import nn
 
-from fedtorch.models.cnn import FedAvgCNN
+from fedtorch.models.cnn import FedAvgCNN, SimpleCNN
 from fedtorch.models.linear import LogisticRegression
 from fedtorch.models.lstm import CharLSTM
 from fedtorch.models.mlp import MLP2NN
@@ -21,6 +21,7 @@ MODELS: dict[str, Callable[[tuple[int, ...], int], nn.Module]] = {
     "logreg": LogisticRegression,
     "mlp": MLP2NN,
     "cnn": FedAvgCNN,
+    "simple-cnn": SimpleCNN,  # NIID-Bench (Li et al., ICDE 2022)
     "char_lstm": CharLSTM,
     "resnet18": ResNet18,  # CIFAR stem, GroupNorm
     "resnet18_bn": resnet18_batch_stats,  # CIFAR stem, BatchNorm on batch statistics
@@ -39,4 +40,4 @@ def build_model(name: str, input_shape: tuple[int, ...], num_classes: int) -> nn
     return MODELS[name](input_shape, num_classes)
 
 
-__all__ = ["MODELS", "build_model", "CharLSTM", "FedAvgCNN", "LogisticRegression", "MLP2NN", "ResNet18"]
+__all__ = ["MODELS", "build_model", "CharLSTM", "FedAvgCNN", "LogisticRegression", "MLP2NN", "ResNet18", "SimpleCNN"]
