@@ -15,6 +15,17 @@ from fedtorch.flat import FlatModule
 from fedtorch.protocol import Broadcast, ClientResult, ClientTask, State
 
 
+
+def check_count(key: str, value: int | None) -> None:
+    """The one rule for ``execution.threads`` and ``execution.max_clients_per_step``
+    (executors and the config both call it): null or an integer >= 1.
+
+    Raises:
+        ValueError: naming ``execution.<key>``, the value and what is allowed.
+    """
+    if value is not None and value < 1:
+        raise ValueError(f"execution.{key}={value!r} is not allowed: must be null or >= 1")
+
 class Executor:
     """Base of the executors (``run`` is theirs; see :mod:`fedtorch.execution`).
 
@@ -46,8 +57,7 @@ class Executor:
         *,
         threads: int | None = None,
     ):
-        if threads is not None and threads < 1:
-            raise ValueError(f"execution.threads={threads!r} is not allowed: must be null or >= 1")
+        check_count("threads", threads)
         self.model_factory = model_factory
         self.device = torch.device(device)
         self.replica = FlatModule(model_factory().to(self.device))

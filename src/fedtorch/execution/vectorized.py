@@ -56,7 +56,7 @@ from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
 from fedtorch.data.federated import minibatch_indices
-from fedtorch.execution.base import Executor
+from fedtorch.execution.base import Executor, check_count
 from fedtorch.execution.local_training import broadcast_to, take_step
 from fedtorch.execution.row_masking import per_client_buffers, restore_rows, save_rows
 from fedtorch.execution.slots import intra_op_threads
@@ -97,8 +97,7 @@ class VectorizedExecutor(Executor):
     name = "vectorized"
 
     def __init__(self, *args, max_clients_per_step: int | None = None, trace: bool = True, **kwargs):
-        if max_clients_per_step is not None and max_clients_per_step < 1:
-            raise ValueError(f"execution.max_clients_per_step={max_clients_per_step!r} is not allowed: must be null or >= 1")
+        check_count("max_clients_per_step", max_clients_per_step)
         super().__init__(*args, **kwargs)
         self.trace = trace
         self._eager = _vmapped_gradient(self.replica.module, self.replica.layout, self.loss_fn)

@@ -25,6 +25,7 @@ from fedtorch.algorithms import available_algorithms, get_algorithm
 from fedtorch.algorithms.server_optimizers import SERVER_OPTIMIZERS, make_server_optimizer, server_optimizer_keys
 from fedtorch.data import DATASETS, PARTITIONERS
 from fedtorch.execution import MODES, SlotError, parse_slots
+from fedtorch.execution.base import check_count
 from fedtorch.experiment.errors import ConfigError
 from fedtorch.experiment.schema import Config
 from fedtorch.federation.async_loop import check_async_times, check_clock, check_concurrency
@@ -304,7 +305,7 @@ def server_hparams(cfg: DictConfig) -> tuple[str, dict[str, Any]]:
 
 def _validate_execution(e: DictConfig) -> None:
     for key in ("threads", "max_clients_per_step"):
-        _require(e[key] is None or e[key] >= 1, f"execution.{key}", e[key], "must be null or >= 1")
+        _rule(check_count, key, e[key])
     if e.devices is not None:
         try:
             parse_slots(list(e.devices))
