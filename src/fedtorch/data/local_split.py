@@ -16,6 +16,16 @@ import torch
 from fedtorch.seeding import generator
 
 
+def check_holdout(fraction: float) -> None:
+    """The one rule for ``eval.holdout`` (the config and :func:`split_holdout` call it).
+
+    Raises:
+        ValueError: ``fraction`` outside (0, 1), naming ``eval.holdout``.
+    """
+    if not 0 < fraction < 1:
+        raise ValueError(f"eval.holdout={fraction!r} is not allowed: must be in (0, 1)")
+
+
 def split_holdout(
     client_indices: list[torch.Tensor], fraction: float, seed: int
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -37,8 +47,7 @@ def split_holdout(
     Raises:
         ValueError: ``fraction`` outside (0, 1).
     """
-    if not 0 < fraction < 1:
-        raise ValueError(f"holdout fraction must be in (0, 1), got {fraction}")
+    check_holdout(fraction)
     train, holdout = [], []
     for i, idx in enumerate(client_indices):
         n = idx.numel()

@@ -24,6 +24,8 @@ from omegaconf.errors import OmegaConfBaseException
 from fedtorch.algorithms import available_algorithms, get_algorithm
 from fedtorch.algorithms.server_optimizers import SERVER_OPTIMIZERS, make_server_optimizer, server_optimizer_keys
 from fedtorch.data import DATASETS, PARTITIONERS
+from fedtorch.data.local_split import check_holdout
+from fedtorch.data.partition.common import check_at_least, check_dirichlet
 from fedtorch.execution import MODES, SlotError, parse_slots
 from fedtorch.execution.base import check_count
 from fedtorch.experiment.errors import ConfigError
@@ -228,14 +230,14 @@ def validate(cfg: DictConfig) -> DictConfig:
     _validate_federation(cfg)  # mode, async clock and delays, stragglers, early stopping
     _rule(check_weighting, f.weighting)
     _choice("logging.progress", cfg.logging.progress, {"auto", "rich", "plain", "none"})
-    _require(d.alpha > 0, "data.alpha", d.alpha, "Dirichlet alpha must be > 0")
-    _require(d.num_clients >= 1, "data.num_clients", d.num_clients, "must be >= 1")
+    _rule(check_dirichlet, "alpha", d.alpha)
+    _rule(check_at_least, "num_clients", d.num_clients, 1)
     _require(d.min_samples >= 0, "data.min_samples", d.min_samples, "must be >= 0")
-    _require(d.shards_per_client >= 1, "data.shards_per_client", d.shards_per_client, "must be >= 1")
-    _require(d.beta > 0, "data.beta", d.beta, "Dirichlet beta must be > 0")
+    _rule(check_at_least, "shards_per_client", d.shards_per_client, 1)
+    _rule(check_dirichlet, "beta", d.beta)
     _require(d.classes_per_client >= 1, "data.classes_per_client", d.classes_per_client, "must be >= 1")
     for key in ("size_sigma", "noise_sigma", "synthetic_alpha", "synthetic_beta"):
-        _require(d[key] is None or d[key] >= 0, f"data.{key}", d[key], "must be >= 0")
+        _rule(check_at_least, key, d[key], 0, True)
     if d.partition == "natural":
         with_users = sorted(name for name, spec in DATASETS.items() if spec.users)
         _require(DATASETS[d.dataset].users, "data.partition", d.partition,
@@ -256,7 +258,7 @@ def validate(cfg: DictConfig) -> DictConfig:
         _rule(check_clients_per_round, f.clients_per_round, d.num_clients)
     _require(cfg.eval.every >= 1, "eval.every", cfg.eval.every, "must be >= 1")
     _require(cfg.eval.clients_every >= 0, "eval.clients_every", cfg.eval.clients_every, "must be >= 0 (0: off)")
-    _require(0 < cfg.eval.holdout < 1, "eval.holdout", cfg.eval.holdout, "must be in (0, 1)")
+    _rule(check_holdout, cfg.eval.holdout)
     _require(cfg.checkpoint.every >= 1, "checkpoint.every", cfg.checkpoint.every, "must be >= 1")
     dev = cfg.execution.device
     _require(dev == "cpu" or re.fullmatch(r"cuda(:\d+)?", dev) is not None, "execution.device", dev, "use cpu, cuda or cuda:<index>")

@@ -11,8 +11,7 @@ class PartitionError(ValueError):
 
 def check_clients(num_samples: int, num_clients: int, min_samples: int = 1) -> None:
     """Raise unless ``num_clients >= 1`` clients can get ``min_samples`` each from ``num_samples``."""
-    if num_clients < 1:
-        raise PartitionError(f"data.num_clients must be >= 1, got {num_clients}")
+    check_at_least("num_clients", num_clients, 1)
     if num_clients * min_samples > num_samples:
         raise PartitionError(
             f"cannot give {num_clients} clients at least {min_samples} samples each from "
@@ -20,18 +19,42 @@ def check_clients(num_samples: int, num_clients: int, min_samples: int = 1) -> N
         )
 
 
-def check_positive(key: str, value: float) -> None:
-    """Check a partitioner's ``data.<key>`` setting (a concentration, a size sigma, ...) is > 0.
+def check_positive(key: str, value: float, rule: str = "must be > 0") -> None:
+    """The one rule for a partitioner's positive ``data.<key>`` (a Dirichlet concentration,
+    ...): the partitioners and the config both call it.
 
     Args:
         key: the name under ``data.`` for the message, e.g. ``"alpha"``.
         value: the setting (NaN fails too).
+        rule: what is allowed, for the message.
 
     Raises:
-        PartitionError: ``value`` is not > 0 (the message names ``data.<key>`` and ``value``).
+        PartitionError: ``value`` is not > 0 (``data.<key>=<value> is not allowed: <rule>``).
     """
     if not value > 0:
-        raise PartitionError(f"data.{key} must be > 0, got {value}")
+        raise PartitionError(f"data.{key}={value!r} is not allowed: {rule}")
+
+
+def check_dirichlet(key: str, value: float) -> None:
+    """The one rule for a Dirichlet concentration ``data.<key>`` (alpha, beta): > 0.
+
+    Raises:
+        PartitionError: ``data.<key>=<value> is not allowed: Dirichlet <key> must be > 0``.
+    """
+    check_positive(key, value, f"Dirichlet {key} must be > 0")
+
+
+def check_at_least(key: str, value: float | None, low: float, allow_none: bool = False) -> None:
+    """The one rule for a ``data.<key>`` that must be >= ``low`` (counts >= 1, sigmas >= 0).
+
+    Raises:
+        PartitionError: ``value`` < ``low`` (or None unless ``allow_none``), naming
+            ``data.<key>``, the value and the bound.
+    """
+    if value is None and allow_none:
+        return
+    if value is None or not value >= low:
+        raise PartitionError(f"data.{key}={value!r} is not allowed: must be >= {low}")
 
 
 def apportion(total: int, weights: np.ndarray) -> np.ndarray:
@@ -72,8 +95,7 @@ def client_sizes(num_samples: int, num_clients: int, min_samples: int, weights: 
 def lognormal_weights(rng: np.random.Generator, num_clients: int, sigma: float) -> np.ndarray | None:
     """``w_i ~ LogNormal(0, sigma)``, the unbalanced client sizes of FedLab's
     ``lognormal_unbalance_split`` (after Acar et al. 2021); None (balanced) for sigma 0."""
-    if sigma < 0:
-        raise PartitionError(f"data.size_sigma must be >= 0, got {sigma}")
+    check_at_least("size_sigma", sigma, 0)
     return rng.lognormal(0.0, sigma, num_clients) if sigma > 0 else None
 
 

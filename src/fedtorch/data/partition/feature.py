@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from fedtorch.data.partition.common import PartitionError, check_clients, sorted_parts
+from fedtorch.data.partition.common import PartitionError, check_at_least, check_clients, sorted_parts
 from fedtorch.seeding import generator
 
 
@@ -47,8 +47,7 @@ def add_client_noise(train_x: torch.Tensor, parts: list[np.ndarray], seed: int, 
     Raises:
         PartitionError: negative sigma or non-float inputs (token ids cannot take noise).
     """
-    if noise_sigma < 0:
-        raise PartitionError(f"data.noise_sigma must be >= 0, got {noise_sigma}")
+    check_at_least("noise_sigma", noise_sigma, 0)
     if not train_x.is_floating_point():
         raise PartitionError(f"partition=noise needs float inputs; this dataset's inputs are {train_x.dtype}")
     out = train_x.clone()

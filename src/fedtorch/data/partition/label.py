@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from fedtorch.data.partition.common import (
-    PartitionError, apportion, check_clients, check_positive, client_sizes, lognormal_weights, sorted_parts,
+    PartitionError, apportion, check_at_least, check_clients, check_dirichlet, client_sizes, lognormal_weights, sorted_parts,
 )
 
 
@@ -38,8 +38,7 @@ def dirichlet(
     Raises:
         PartitionError: alpha <= 0, impossible minimum, or no valid draw in max_draws.
     """
-    if not alpha > 0:
-        raise PartitionError(f"data.alpha must be > 0, got {alpha}")
+    check_dirichlet("alpha", alpha)
     n = len(targets)
     check_clients(n, num_clients, min_samples)
     rng = np.random.default_rng(seed)
@@ -86,7 +85,7 @@ def client_inner_dirichlet(
     Raises:
         PartitionError: alpha <= 0, negative sigma, or ``num_clients * min_samples > N``.
     """
-    check_positive("alpha", alpha)
+    check_dirichlet("alpha", alpha)
     n, rng = len(targets), np.random.default_rng(seed)
     sizes = client_sizes(n, num_clients, min_samples, lognormal_weights(rng, num_clients, size_sigma))
     _, by_class = _by_class(targets)
@@ -120,8 +119,7 @@ def shards(targets: np.ndarray, num_clients: int, seed: int, shards_per_client: 
     """
     n = len(targets)
     num_shards = num_clients * shards_per_client
-    if shards_per_client < 1:
-        raise PartitionError(f"data.shards_per_client must be >= 1, got {shards_per_client}")
+    check_at_least("shards_per_client", shards_per_client, 1)
     check_clients(n, num_shards)
     order = np.argsort(targets, kind="stable")
     pieces = np.array_split(order, num_shards)
@@ -202,8 +200,7 @@ def power_law(
     k, num_classes = classes_per_client, len(classes)
     _check_k(classes, k)
     check_clients(len(targets), num_clients, min_samples)
-    if size_sigma < 0:
-        raise PartitionError(f"data.size_sigma must be >= 0, got {size_sigma}")
+    check_at_least("size_sigma", size_sigma, 0)
     per_class_min = -(-min_samples // k)
     weights = rng.lognormal(0.0, size_sigma, (num_clients, k))
     holders: list[list[int]] = [[] for _ in range(num_classes)]

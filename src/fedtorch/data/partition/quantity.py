@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fedtorch.data.partition.common import check_positive, client_sizes, lognormal_weights, sorted_parts
+from fedtorch.data.partition.common import check_dirichlet, client_sizes, lognormal_weights, sorted_parts
 
 
 def _cut(rng: np.random.Generator, n: int, sizes: np.ndarray) -> list[np.ndarray]:
@@ -60,7 +60,7 @@ def quantity_dirichlet(
     Raises:
         PartitionError: beta <= 0, or ``num_clients * min_samples > N``.
     """
-    check_positive("beta", beta)
+    check_dirichlet("beta", beta)
     n, rng = len(targets), np.random.default_rng(seed)
     q = rng.dirichlet(np.full(num_clients, beta)) if num_clients >= 1 else None
     if q is not None and not q.sum() > 0:  # every share underflowed (tiny beta): one client takes the rest
