@@ -4,7 +4,7 @@
 # Usage:
 #   scripts/mutation_testing.sh [REPO_ROOT]            # REPO_ROOT defaults to this checkout
 #
-# The tree under test (src/, tests/, pyproject.toml of REPO_ROOT, uncommitted edits included)
+# The tree under test (src/, tests/, docs/, pyproject.toml of REPO_ROOT, uncommitted edits included)
 # is copied to a scratch folder, so the run neither writes into the checkout nor sees edits
 # made while it runs. The files are mutated in two groups, each a separate mutmut run in its
 # own sub-folder (its `mutants/`, `mutmut-run.log`):
@@ -27,12 +27,16 @@
 #                     (default 0: start afresh)
 #   MUTATION_JOBS     mutants tested at once (default 2)
 #   MUTATION_GROUPS   which groups to run (default "rules shared")
+#   MUTATION_FILES    mutate only these files of src/fedtorch/algorithms/, by name, e.g.
+#                     "scaffold.py base.py" (default: all); each goes to its own group
+#                     (base.py, server_optimizers.py, registry.py, hparams.py: shared), and a
+#                     group left with no file is skipped
 #   MUTATION_REPORT   1: run nothing, only print the table of MUTATION_WORKDIR's results
 #                     (e.g. after running the two groups in parallel with MUTATION_RESUME=1)
 #
 # The run checks that the tests import the mutated copy: a canary test asserts that
 # `fedtorch.algorithms` is loaded from the group's mutants/src, and mutmut's own forced-fail
-# check asserts that the tests fail when every mutant is switched on. About an hour of wall
+# check asserts that the tests fail when every mutant is switched on. 30 to 60 minutes of wall
 # time on the (busy) 2-core development machine; see docs/testing.md.
 set -euo pipefail
 
@@ -46,16 +50,21 @@ WORK=${MUTATION_WORKDIR:-${TMPDIR:-/tmp}/fedtorch-mutation-$HASH}
 
 ALG=src/fedtorch/algorithms
 SHARED_FILES="$ALG/base.py $ALG/server_optimizers.py $ALG/registry.py $ALG/hparams.py"
+# tests/test_mutants_*.py (written to kill the survivors of earlier runs) join both selections.
+MUTANT_TESTS=$(cd "$ROOT" && ls tests/test_mutants_*.py 2>/dev/null | tr '\n' ' ' || true)
 RULES_TESTS="tests/test_algorithms.py tests/test_rules_client.py tests/test_rules_drift.py \
 tests/test_rules_server.py tests/test_server_optimizers.py tests/test_algorithm_matrix.py \
-tests/test_degenerate.py tests/test_async.py tests/test_vectorised_convention.py tests/test_cli_errors.py"
+tests/test_degenerate.py tests/test_async.py tests/test_vectorised_convention.py tests/test_cli_errors.py \
+tests/test_drift_weighting.py tests/test_momentum_corrections.py tests/test_deltasgd_perfedavg.py \
+tests/test_defaults_attribution.py tests/test_hook_contract.py tests/test_executors.py $MUTANT_TESTS"
 # The checkpoint-resume tests (60 % of the rules selection's time) compare a run with its own
 # resumed copy, so they cannot see a change to an algorithm's rule. The CLI test that starts a
 # new Python process imports the checkout's fedtorch, not the mutated copy.
 RULES_KEYWORDS="not resume_from_checkpoint and not resume_after_a_crash and not real_process"
 SHARED_TESTS="tests/test_server_optimizers.py tests/test_rules_client.py tests/test_degenerate.py \
 tests/test_vectorised_convention.py tests/test_algorithms.py tests/test_cli_errors.py \
-tests/test_rules_drift.py tests/test_async.py"
+tests/test_rules_drift.py tests/test_async.py tests/test_drift_weighting.py tests/test_momentum_corrections.py \
+tests/test_hook_contract.py tests/test_executors.py tests/test_defaults_attribution.py $MUTANT_TESTS"
 # Left out of the shared selection: the 18 s CNN run through the CLI, and the CLI test that
 # starts a new Python process (it would import the checkout's fedtorch, not the mutated copy).
 SHARED_KEYWORDS="not cnn_cli and not real_process"
@@ -72,6 +81,18 @@ for group in $GROUPS_TO_RUN; do
     [[ $group == rules || $group == shared ]] || { echo "error: MUTATION_GROUPS has '$group'; use rules, shared or both" >&2; exit 2; }
 done
 
+# The files each group mutates: all of its files, or those of MUTATION_FILES.
+RULES_ONLY="$ALG/*.py"
+SHARED_ONLY=$SHARED_FILES
+if [[ -n ${MUTATION_FILES:-} ]]; then
+    RULES_ONLY="" SHARED_ONLY=""
+    for f in $MUTATION_FILES; do
+        [[ -f $ROOT/$ALG/$f && $f == *.py && $f != */* ]] || {
+            echo "error: MUTATION_FILES has '$f'; name files of $ALG, e.g. scaffold.py" >&2; exit 2; }
+        if [[ " $SHARED_FILES " == *" $ALG/$f "* ]]; then SHARED_ONLY+=" $ALG/$f"; else RULES_ONLY+=" $ALG/$f"; fi
+    done
+fi
+
 REPORT_ONLY=${MUTATION_REPORT:-0}
 [[ ${MUTATION_RESUME:-0} == 1 || $REPORT_ONLY == 1 ]] || rm -rf "$WORK"
 mkdir -p "$WORK"
@@ -82,7 +103,9 @@ run_group() {
     mkdir -p "$dir"
     # A fresh copy of the tree under test (no __pycache__); mutmut's cache is mutants/.
     rm -rf "$dir/src" "$dir/tests"
-    tar -C "$ROOT" --exclude=__pycache__ -cf - src tests pyproject.toml | tar -C "$dir" -xf -
+    # docs/ too: tests/test_defaults_attribution.py reads docs/algorithms.md.
+    rm -rf "$dir/docs"
+    tar -C "$ROOT" --exclude=__pycache__ -cf - src tests docs pyproject.toml | tar -C "$dir" -xf -
     # Canary: fails the clean run (and so stops mutmut) if the tests import another fedtorch.
     cat > "$dir/tests/test_zz_mutation_canary.py" <<'EOF'
 """Written by scripts/mutation_testing.sh: the tests must import the mutated copy."""
@@ -102,6 +125,7 @@ path, only, skip, tests, keywords = sys.argv[1], *(a.split() for a in sys.argv[2
 text = re.sub(r"(?ms)^\[tool\.mutmut\]\n.*?(?=^\[|\Z)", "", open(path).read())
 text += "\n[tool.mutmut]\n" + "\n".join([
     'source_paths = ["src"]',  # all of src is copied, so the mutated package is whole
+    'also_copy = ["docs"]',  # next to mutants/tests, for the tests that read the docs
     f"only_mutate = {json.dumps(only)}",
     f"do_not_mutate = {json.dumps(skip)}",
     f"pytest_add_cli_args_test_selection = {json.dumps(tests)}",
@@ -122,16 +146,23 @@ EOF
     fi
 }
 
+RAN_GROUPS=""
 for group in $GROUPS_TO_RUN; do
-    [[ $REPORT_ONLY == 1 ]] && break
     case $group in
-        rules) run_group rules "$ALG/*.py" "$SHARED_FILES" "$RULES_TESTS" "$RULES_KEYWORDS" ;;
-        shared) run_group shared "$SHARED_FILES" "" "$SHARED_TESTS" "$SHARED_KEYWORDS" ;;
+        rules) only=$RULES_ONLY ;;
+        shared) only=$SHARED_ONLY ;;
+    esac
+    [[ -n ${only// /} ]] || { echo "mutation testing: group $group has no file of MUTATION_FILES; skipped"; continue; }
+    RAN_GROUPS+=" $group"
+    [[ $REPORT_ONLY == 1 ]] && continue
+    case $group in
+        rules) run_group rules "$only" "$SHARED_FILES" "$RULES_TESTS" "$RULES_KEYWORDS" ;;
+        shared) run_group shared "$only" "" "$SHARED_TESTS" "$SHARED_KEYWORDS" ;;
     esac
 done
 
 cd "$WORK"
-"$PYTHON" - $GROUPS_TO_RUN <<'EOF'
+"$PYTHON" - $RAN_GROUPS <<'EOF'
 import os
 import sys
 from collections import Counter
