@@ -131,6 +131,19 @@ def test_feddyn_h_and_client_gradient_state_match_the_paper(weighting, momentum)
         _close(states[i]["grad"], gi[i])
 
 
+def _scaffnew_reference(b, x, steps_of, gop, momentum):
+    """Scaffnew by hand over COHORTS (Mishchenko et al. 2022, Alg. 2 with gamma/p = ``gop``):
+    xhat_i = y_K - gop h_i, x = sum_S p_i xhat_i, h_i = (x - xhat_i) / gop. Returns (x, h)."""
+    h = {i: torch.zeros(3, dtype=torch.float64) for i in range(4)}
+    for t, cohort in enumerate(COHORTS):
+        w, _ = _weights(cohort, "samples")
+        xhat = {i: heavy_ball(x, lambda y, i=i: (y - b[i]) - h[i], steps_of(t, i), LR, momentum) - gop * h[i] for i in cohort}
+        x = sum(wi * xhat[i] for wi, i in zip(w, cohort))
+        for i in cohort:
+            h[i] = (x - xhat[i]) / gop
+    return x, h
+
+
 @pytest.mark.parametrize(("p", "momentum"), [(0.25, 0.0), (None, 0.0), (0.25, 0.5), (None, 0.5)])
 def test_scaffnew_h_uses_gamma_over_p_shared_by_every_client(p, momentum):
     """xhat_i = y_K - (gamma/p) h_i, x^{t+1} = sum_S p_j xhat_j,
@@ -139,16 +152,7 @@ def test_scaffnew_h_uses_gamma_over_p_shared_by_every_client(p, momentum):
     b, x, server, states = _run("scaffnew", "samples", momentum, p=p)
     share = 0.25 if p is not None else 1 / (sum(STEPS) / len(STEPS))
     gop = LR / share if momentum == 0 else LR * tau(1 / share, momentum)
-    h = {i: torch.zeros(3, dtype=torch.float64) for i in range(4)}
-    for cohort in COHORTS:
-        w, _ = _weights(cohort, "samples")
-        xhat = {}
-        for i in cohort:
-            y = heavy_ball(x, lambda y, i=i: (y - b[i]) - h[i], STEPS[i], LR, momentum)
-            xhat[i] = y - gop * h[i]
-        x = sum(wi * xhat[i] for wi, i in zip(w, cohort))
-        for i in cohort:
-            h[i] = (x - xhat[i]) / gop
+    x, h = _scaffnew_reference(b, x, lambda t, i: STEPS[i], gop, momentum)
     _close(server.x, x)
     for i in (0, 1, 3):
         _close(states[i]["h"], h[i])
@@ -168,15 +172,7 @@ def test_scaffnew_random_steps_share_one_geometric_draw_and_the_same_h_rule():
     b = _targets()
     x = torch.zeros(3, dtype=torch.float64)
     server, states = simulate(algo, _clients(b), x, 2, LR, "samples", selected=lambda t: COHORTS[t])
-    gop = LR / 0.25
-    h = {i: torch.zeros(3, dtype=torch.float64) for i in range(4)}
-    for t, cohort in enumerate(COHORTS):
-        k = algo.num_local_steps(t, 0, 0, 99)
-        w, _ = _weights(cohort, "samples")
-        xhat = {i: heavy_ball(x, lambda y, i=i: (y - b[i]) - h[i], k, LR, 0.0) - gop * h[i] for i in cohort}
-        x = sum(wi * xhat[i] for wi, i in zip(w, cohort))
-        for i in cohort:
-            h[i] = (x - xhat[i]) / gop
+    x, h = _scaffnew_reference(b, x, lambda t, i: algo.num_local_steps(t, 0, 0, 99), LR / 0.25, 0.0)
     _close(server.x, x)
     for i in (0, 1, 3):
         _close(states[i]["h"], h[i])
