@@ -15,19 +15,12 @@ With equal K_i it equals FedAvg; with unequal K_i its fixed point is the minimis
 sum_i p_i f_i, where FedAvg's is pulled toward clients that take more steps.
 """
 
+import torch
 from torch import Tensor
 
 from fedtorch.algorithms.base import FedAlgorithm, weighted_mean
 from fedtorch.algorithms.registry import register
 from fedtorch.protocol import ClientMessage, ServerState, State
-
-
-def effective_steps(num_steps: Tensor, rho: float) -> Tensor:
-    """a_i for K_i local steps of SGD with heavy-ball momentum rho (``(M,)`` float64)."""
-    k = num_steps.to(float)
-    if not rho:
-        return k
-    return (k - rho * (1 - rho**k) / (1 - rho)) / (1 - rho)
 
 
 @register
@@ -38,6 +31,6 @@ class FedNova(FedAlgorithm):
     def server_delta(self, server: ServerState, messages: ClientMessage, weights: Tensor) -> tuple[Tensor, State]:
         """tau_eff sum_i p_i Delta_i / a_i (Eq. 6-7; the 1/a_i folded into the ``(M,)``
         weights, so no ``(M, P)`` temporary beyond the weighted sum)."""
-        a = effective_steps(messages.num_steps, self.local.momentum).to(weights.device)
+        a = self.local.effective_steps(messages.num_steps.to(torch.float64)).to(weights.device)  # a_i, (M,) float64
         tau_eff = (weights * a).sum()
         return tau_eff.to(messages.delta) * weighted_mean(messages.delta, weights / a), server.extra

@@ -30,7 +30,7 @@ from fedtorch.execution import MODES, SlotError, parse_slots
 from fedtorch.execution.base import check_count
 from fedtorch.experiment.errors import ConfigError
 from fedtorch.experiment.schema import Config
-from fedtorch.federation.async_loop import check_async_times, check_clock, check_concurrency
+from fedtorch.federation.async_settings import check_async_times, check_clock, check_concurrency
 from fedtorch.federation.delays import DelayError, DelayModel, read_trace
 from fedtorch.federation.planning import HookError, Hooks, check_weighting
 from fedtorch.federation.sampling import check_clients_per_round
