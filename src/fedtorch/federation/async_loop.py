@@ -54,6 +54,7 @@ server with clients as asyncio tasks.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import heapq
 import math
 import threading
@@ -64,6 +65,7 @@ from typing import Callable
 import torch
 
 from fedtorch.data.federated import FederatedData
+from fedtorch.federation.async_snapshot import from_plain, to_plain
 from fedtorch.federation.asyncio_loop import serve
 from fedtorch.federation.client_states import ClientStateStore
 from fedtorch.federation.delays import DelayModel
@@ -207,8 +209,42 @@ class AsyncServer:
         self._seq = 0
         self._queue: list[tuple[float, int, Job]] = []
         self._in_flight: set[int] = set()
+        self.results: dict[int, ClientResult] = {}  # trained jobs in flight, by dispatch order
         self._lock = threading.Lock()
         self._clock = time.perf_counter()
+
+    @property
+    def started(self) -> bool:
+        """Whether a wave was dispatched (or a snapshot restored)."""
+        return self._seq > 0
+
+    def snapshot(self) -> dict:
+        """The loop's state between two arrival groups, as plain values
+        (:mod:`fedtorch.federation.async_snapshot`); the server state and the client-state
+        store are saved beside it by the caller."""
+        jobs = [dataclasses.replace(j, broadcast=None) for _, _, j in sorted(self._queue, key=lambda e: e[:2])]
+        return to_plain({
+            "now": self.now, "arrivals": self.arrivals, "wave": self._wave, "seq": self._seq, "jobs": jobs,
+            "results": [self.results[j.seq] for j in jobs], "buffer": self.step.pending,
+        })
+
+    def restore(self, snapshot: dict, server: ServerState) -> None:
+        """Continue from a :meth:`snapshot` and the server state saved with it.
+
+        Raises:
+            ValueError: a job whose result is missing (every job in flight is trained at
+                dispatch, so a snapshot taken between arrival groups has all of them), or a
+                message class that cannot be imported.
+        """
+        s = from_plain(snapshot)
+        if len(s["jobs"]) != len(s["results"]):
+            raise ValueError(f"async snapshot: {len(s['jobs'])} jobs in flight but {len(s['results'])} results")
+        self.server, self.now, self.arrivals, self._wave, self._seq = server, s["now"], s["arrivals"], s["wave"], s["seq"]
+        self._queue = [(j.arrives_at, j.seq, j) for j in s["jobs"]]
+        heapq.heapify(self._queue)
+        self._in_flight = {j.client_id for j in s["jobs"]}
+        self.results = {j.seq: r for j, r in zip(s["jobs"], s["results"])}
+        self.step.pending = s["buffer"]
 
     @property
     def done(self) -> bool:
@@ -308,30 +344,42 @@ class AsyncServer:
         self._clock = time.perf_counter()
 
 
-def run_async(core: AsyncServer, clock: str = "simulated", sleep_scale: float = 0.0) -> AsyncServer:
+def run_async(core: AsyncServer, clock: str = "simulated", sleep_scale: float = 0.0,
+              on_group: Callable[[AsyncServer], None] | None = None) -> AsyncServer:
     """Run an asynchronous federation to its end (see the module docstring).
 
     Args:
-        core: a fresh :class:`AsyncServer` (algorithm, executor, data, settings, delays, callbacks).
+        core: a fresh :class:`AsyncServer` (algorithm, executor, data, settings, delays,
+            callbacks), or one continued with :meth:`AsyncServer.restore` (simulated clock).
         clock: ``"simulated"`` (the event queue here) or ``"asyncio"`` (clients as asyncio
             tasks, :mod:`fedtorch.federation.asyncio_loop`); both give the same result.
         sleep_scale: asyncio only: real seconds each client task sleeps per simulated second.
+        on_group: simulated clock only: called after each group of arrivals, once the wave
+            dispatched after it is trained: the moment a :meth:`AsyncServer.snapshot` is complete.
 
     Returns:
         ``core``, finished: ``.server`` the final state, ``.now`` the simulated time of the
         last arrival (seconds), ``.arrivals`` the arrivals applied.
 
     Raises:
-        ValueError: an unknown clock or a negative sleep_scale (:func:`check_clock`).
+        ValueError: an unknown clock or a negative sleep_scale (:func:`check_clock`), or
+            the asyncio clock for a restored run.
     """
     check_clock(clock, sleep_scale)
     if clock == "asyncio":
+        if core.started:
+            raise ValueError("clock='asyncio' starts from wave 0; continue a restored run with the simulated clock")
         return asyncio.run(serve(core, sleep_scale))
-    jobs = core.dispatch(0.0)
-    results = dict(zip((j.seq for j in jobs), core.train(jobs)))
+
+    def train(jobs: list[Job]) -> None:
+        core.results.update(zip((j.seq for j in jobs), core.train(jobs)))
+
+    if not core.started:
+        train(core.dispatch(0.0))
     while group := core.next_arrivals():
         for job in group:
-            core.arrive(job, results.pop(job.seq))
-        jobs = core.dispatch(group[0].arrives_at)
-        results.update(zip((j.seq for j in jobs), core.train(jobs)))
+            core.arrive(job, core.results.pop(job.seq))
+        train(core.dispatch(group[0].arrives_at))
+        if on_group is not None:
+            on_group(core)
     return core

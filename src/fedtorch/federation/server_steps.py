@@ -53,6 +53,16 @@ class PerArrival:
         server = self.algorithm.apply_async(server, message, staleness)
         return server, [(client_id, self.hooks.after_aggregate(server, state))]
 
+    @property
+    def pending(self) -> list:
+        """Arrivals held back for a later step: none."""
+        return []
+
+    @pending.setter
+    def pending(self, arrivals: list) -> None:
+        if arrivals:
+            raise ValueError(f"a per-arrival step holds no buffer, got {len(arrivals)} pending arrivals")
+
 
 class Buffered:
     """FedBuff's buffered step around any synchronous ``aggregate`` (module docstring).
@@ -86,6 +96,15 @@ class Buffered:
         stored = [(c, self.hooks.after_aggregate(server, s)) for c, _, s in self.buffer]
         self.buffer = []
         return server, stored
+
+    @property
+    def pending(self) -> list[tuple[int, ClientMessage, State]]:
+        """The buffered arrivals ``(client, staleness-scaled message, state)`` (for a snapshot)."""
+        return list(self.buffer)
+
+    @pending.setter
+    def pending(self, arrivals: list[tuple[int, ClientMessage, State]]) -> None:
+        self.buffer = [tuple(a) for a in arrivals]
 
 
 def server_step(algorithm, hooks: Hooks, buffer_size: int | None, concurrency: int, weighting: str):
