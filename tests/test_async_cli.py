@@ -85,9 +85,11 @@ def test_async_run_outputs_and_the_asyncio_clock_repeat_the_event_log(capsys, ti
     assert int(waves[0]["wave"]) == 0 and 1 <= int(waves[0]["count"]) <= 3
     result = json.loads((first / "result.json").read_text())
     assert result["mode"] == "async" and result["updates"] == 6 and result["simulated_seconds"] == float(updates[-1]["arrived_at"])
-    (first / "result.json").unlink()  # as if killed: still no resume for an async run
-    code, _, err = run_cli(capsys, "run", "--resume", first)
-    assert code == 2 and "async runs cannot be resumed" in err
+    model = final_model(first)
+    (first / "result.json").unlink()  # as if killed after the last checkpoint: resuming only redoes the epilogue
+    assert run_cli(capsys, "run", "--resume", first)[0] == 0
+    assert json.loads((first / "result.json").read_text()) == {**result, "seconds_per_round": pytest.approx(result["seconds_per_round"])}
+    assert torch.equal(final_model(first), model) and _rows(first / "updates.csv") == updates
 
 
 def test_a_synchronous_algorithm_runs_async_through_the_cli_and_matches_its_sync_run(capsys, tiny_experiment, runs_dir):

@@ -32,7 +32,7 @@ def test_compare_writes_table_and_plot_and_reports_divergence(capsys, tiny_exper
     assert 1 <= int(rows["fedavg"]["rounds_to_target"]) <= 3
     assert float(rows["fedavg"]["bytes_per_round"]) == 2 * 4 * 7850 * 4  # down + up, 4 clients, logreg
     md = (folder / "comparison.md").read_text()
-    assert "| fedprox | diverged |" in md and "rounds to 0.5" in md and md in out
+    assert "| fedprox | diverged (stopped at round 1: " in md and "rounds to 0.5" in md and md in out
     assert (folder / "accuracy.png").read_bytes()[:8] == PNG_MAGIC
     assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == ["00_fedavg", "01_fedprox", "02_perfedavg", "03_fedinit"]
     assert json.loads((folder / "00_fedavg" / "result.json").read_text())["rounds"] == 3

@@ -70,7 +70,7 @@ def test_resume_without_checkpoint_is_one_error_line(capsys, tiny_experiment, ru
 def test_resume_of_an_async_run_is_refused_before_loading_data(capsys, tiny_experiment, monkeypatch):
     from fedtorch.experiment import runner
 
-    cfg = validate(apply_overrides(load_experiment(tiny_experiment)[0], ASYNC))
+    cfg = validate(apply_overrides(load_experiment(tiny_experiment)[0], [*ASYNC, "federation.clock=asyncio"]))
     run_dir = runner.new_run_dir(cfg, tiny_experiment)
 
     def no_prepare(cfg):
@@ -78,10 +78,10 @@ def test_resume_of_an_async_run_is_refused_before_loading_data(capsys, tiny_expe
 
     monkeypatch.setattr(runner, "prepare", no_prepare)
     code, _, err = run_cli(capsys, "run", "--resume", run_dir)
-    assert code == 2 and "async runs cannot be resumed" in _one_error_line(err)
+    assert code == 2 and "federation.clock=asyncio cannot be resumed" in _one_error_line(err)
 
 
-@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("mode", ["sync", "async", "asyncio"])
 def test_interrupt_hint_matches_the_mode(capsys, tiny_experiment, monkeypatch, mode):
     from fedtorch.experiment import runner
 
@@ -89,9 +89,10 @@ def test_interrupt_hint_matches_the_mode(capsys, tiny_experiment, monkeypatch, m
         raise KeyboardInterrupt
 
     monkeypatch.setattr(runner, "execute", interrupted)
-    code, _, err = run_cli(capsys, "run", tiny_experiment, *(ASYNC if mode == "async" else []))
+    extra = {"sync": [], "async": ASYNC, "asyncio": [*ASYNC, "federation.clock=asyncio"]}[mode]
+    code, _, err = run_cli(capsys, "run", tiny_experiment, *extra)
     assert code == 130
-    if mode == "async":
+    if mode == "asyncio":
         assert "cannot be resumed" in err and "--resume" not in err
     else:
         assert "continue with: fedtorch run --resume" in err

@@ -7,7 +7,9 @@
     fedtorch compare <experiment-folder> --algorithms a,b,c [key.sub=value ...] [--target 0.7]
     fedtorch reproduce <table> [--cells a,b] [--methods x,y] [--seeds N] [--rounds R] [--smoke] [--out DIR] [--jobs J]
 
-Bad input prints one ``error:`` line (key, value, what is allowed) and exits with 2.
+Bad input, a damaged or foreign run directory on ``--resume``, and a file that cannot be
+created or written (read-only, in the way, disk full) print one ``error:`` line (key or
+file, value, what to do) and exit with 2.
 """
 
 from __future__ import annotations
@@ -128,7 +130,7 @@ def _cmd_run(args) -> int:
         if args.experiment or args.overrides or args.multirun:
             raise ConfigError("--resume takes only the run directory (its config.yaml is reused unchanged)")
         run_dir = Path(args.resume)
-        cfg = validate(load_run_config(run_dir))
+        cfg = load_run_config(run_dir)  # validated; checked against run.json (version, config.yaml's sha256)
         if (run_dir / RESULT_NAME).is_file():
             print(f"{run_dir} is already complete ({RESULT_NAME} exists); nothing to resume")
             return 0
@@ -154,11 +156,15 @@ def _cmd_run(args) -> int:
     except KeyboardInterrupt:
         print(f"\n{interrupted_hint(cfg, run_dir)}", file=sys.stderr)
         return 130
-    _report(run_dir, result)
-    return 0
+    return _report(run_dir, result)
 
 
-def _report(run_dir: Path, result: dict) -> None:
+def _report(run_dir: Path, result: dict) -> int:
+    """Print the run's summary; returns the exit code (3 for a diverged run)."""
+    if result.get("status") == "diverged":
+        print(f"error: diverged at round {result['diverged_at']}: {result['reason']}; {result['hint']}; "
+              f"metrics up to that round and the last good checkpoint in {run_dir}", file=sys.stderr)
+        return 3
     acc = result["final_test_accuracy"]
     print(
         f"done: {result['rounds']} rounds, final test accuracy {acc:.4f}, "
@@ -168,6 +174,7 @@ def _report(run_dir: Path, result: dict) -> None:
     if result.get("mode") == "async":
         print(f"async: {result['updates']} client updates in {result['simulated_seconds']:.1f} simulated seconds; "
               "updates.csv (event log), selected.csv/png, async_progress.png")
+    return 0
 
 
 def _cmd_partition(args) -> int:
@@ -223,8 +230,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "reproduce":
             return _cmd_reproduce(args)
         return _cmd_algorithms()
-    except ConfigError as e:
+    except ConfigError as e:  # bad input, damaged or foreign run files (checkpoint.CheckpointError too)
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # the one translation of a failed create/write (output_dir, run files) into one line
+        from fedtorch.experiment.run_files import os_error_message
+
+        print(f"error: {os_error_message(e)}", file=sys.stderr)
         return 2
 
 

@@ -9,13 +9,16 @@
 | ``async_progress.png`` | | test loss and accuracy vs simulated time and vs server updates |
 
 ``updates.csv`` holds no wall-clock value, so the same seed writes the same file byte for
-byte. Files are rewritten at every evaluation and at the end (not at every arrival, which
-would cost quadratic time over the tens of thousands of arrivals of a long run).
+byte. Rows are appended, never rewritten (:mod:`fedtorch.experiment.logfiles`): the
+per-arrival rows at every arrival, flushed with each new server version's metrics row;
+:meth:`AsyncRecorder.sync` fsyncs them before a checkpoint. Only the metrics rows stay in
+memory; of the arrivals, the ``(wave, client id)`` pairs (two int64 arrays) and the
+staleness sum.
 """
 
 from __future__ import annotations
 
-import json
+from array import array
 from pathlib import Path
 
 import matplotlib
@@ -23,9 +26,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from fedtorch.experiment.atomic import write_text  # noqa: E402
+from fedtorch.experiment.logfiles import CsvLog  # noqa: E402
 from fedtorch.experiment.plots import save_figure  # noqa: E402
-from fedtorch.experiment.recorder import Recorder, _csv, _finite_or_none  # noqa: E402
+from fedtorch.experiment.recorder import Recorder, _finite_or_none  # noqa: E402
 from fedtorch.federation.async_loop import AsyncReport, UpdateRecord  # noqa: E402
 
 UPDATE_FIELDS = list(UpdateRecord.__dataclass_fields__)
@@ -37,17 +40,43 @@ METRIC_FIELDS = [
 
 
 class AsyncRecorder(Recorder):
-    """Collects :class:`~fedtorch.federation.async_loop.AsyncReport` s and writes the files above.
+    """Collects :class:`~fedtorch.federation.async_loop.AsyncReport` s and appends the files above.
 
     Args:
         run_dir: the run directory.
         tensorboard: also write TensorBoard events (step = server version).
+
+    Attributes:
+        metrics: the metrics rows, one per server version.
     """
+
+    unit = "wave"
 
     def __init__(self, run_dir: Path, tensorboard: bool = False):
         super().__init__(run_dir, tensorboard)
-        self.updates: list[dict] = []
-        self._since: list[AsyncReport] = []  # arrivals since the last server version
+        self._updates_csv = CsvLog(self.run_dir / "updates.csv", lambda keys: UPDATE_FIELDS)
+        self._staleness = [0, 0]  # sum and count over every arrival
+        # arrivals since the last server version: (seconds, bytes_down, bytes_up, applied, loss, staleness)
+        self._since: list[tuple] = []
+
+    @staticmethod
+    def _metric_header(keys: set) -> list[str]:
+        return METRIC_FIELDS
+
+    @staticmethod
+    def _client_header(keys: set) -> list[str]:
+        return CLIENT_FIELDS
+
+    def _client_logs(self) -> list[CsvLog]:
+        return [self._updates_csv, self._clients_csv]
+
+    @property
+    def mean_staleness(self) -> float:
+        """Mean staleness (server versions) over every arrival so far, applied or not; 0.0
+        before any."""
+        self._settle()
+        total, count = self._staleness
+        return total / max(count, 1)
 
     def record(self, report: AsyncReport) -> dict | None:
         """Add one client arrival (an :class:`AsyncReport` from the async loop).
@@ -55,64 +84,117 @@ class AsyncRecorder(Recorder):
         Appends its ``updates.csv`` and ``clients.csv`` rows; when the arrival made a new
         server version (``report.updated``), also appends the metrics row of that version
         (covering every arrival since the previous one: mean local loss and staleness of
-        the applied updates, wall seconds, bytes), logs it to TensorBoard, and rewrites the
-        files (:meth:`flush`) if the version was evaluated.
+        the applied updates, wall seconds, bytes), flushes the files and logs the row to
+        TensorBoard.
 
         Returns:
             The new metrics row (keys :data:`METRIC_FIELDS`), or None when the server
             model did not change (a buffered or rejected update).
+
+        Raises:
+            OSError: the run directory cannot be written.
         """
+        self._settle()
         rec, msg = report.record, report.result.message
-        self.updates.append({k: (int(v) if isinstance(v, bool) else v) for k, v in vars(rec).items()})
-        self.clients.append({
+        self._updates_csv.append_rows([{k: (int(v) if isinstance(v, bool) else v) for k, v in vars(rec).items()}])
+        self._clients_csv.append_rows([{
             "update": rec.update, "wave": rec.wave, "client_id": rec.client_id, "num_samples": msg.num_samples,
             "num_steps": rec.num_steps, "train_loss": rec.loss, "seconds": round(report.result.seconds, 6),
             "applied": int(rec.applied),
-        })
-        self._since.append(report)
+        }])
+        self._visit([rec.wave, rec.client_id, rec.staleness])
+        self._since.append((report.seconds, report.bytes_down, report.bytes_up, bool(rec.applied), rec.loss,
+                            rec.staleness))
         if not report.updated:
             return None
-        applied = [r for r in self._since if r.record.applied]
-        seconds = sum(r.seconds for r in self._since)
+        applied = [a for a in self._since if a[3]]
+        seconds = sum(a[0] for a in self._since)
         elapsed = (self.metrics[-1]["elapsed_seconds"] if self.metrics else 0.0) + seconds
         row = {
             "round": rec.server_version, "updates": rec.update, "sim_seconds": rec.arrived_at,
-            "train_loss": _finite_or_none(sum(r.record.loss for r in applied) / max(len(applied), 1)),
-            "mean_staleness": sum(r.record.staleness for r in applied) / max(len(applied), 1),
+            "train_loss": _finite_or_none(sum(a[4] for a in applied) / max(len(applied), 1)),
+            "mean_staleness": sum(a[5] for a in applied) / max(len(applied), 1),
             "test_loss": report.test_loss, "test_accuracy": report.test_accuracy,
             "wall_seconds": round(seconds, 6), "elapsed_seconds": round(elapsed, 6),
-            "bytes_down": sum(r.bytes_down for r in self._since), "bytes_up": sum(r.bytes_up for r in self._since),
+            "bytes_down": sum(a[1] for a in self._since), "bytes_up": sum(a[2] for a in self._since),
             "clients_aggregated": len(applied),
         }
         self._since = []
-        self.metrics.append(row)
+        self._append_metrics(row)
         if self._tb is not None:
             for key in ("train_loss", "test_loss", "test_accuracy", "mean_staleness"):
                 if row[key] is not None:
                     self._tb.add_scalar(key, row[key], row["round"])
-        if row["test_accuracy"] is not None:
-            self.flush()
         return row
 
+    def _visit(self, values: list[int]) -> None:
+        """One arrival's ``(wave, client id, staleness)``."""
+        self._units.append(values[0])
+        self._client_ids.append(values[1])
+        self._staleness[0] += values[2]
+        self._staleness[1] += 1
+
+    def pending(self) -> dict:
+        """What the next metrics row needs from the arrivals since the last server version
+        (plain Python values: for a checkpoint taken between arrival groups).
+
+        Returns:
+            ``{"since": [[seconds, bytes_down, bytes_up, applied, loss, staleness], ...]}``.
+        """
+        return {"since": [list(a) for a in self._since]}
+
+    def restore_pending(self, state: dict) -> None:
+        """Undo :meth:`pending` (after :meth:`truncate`).
+
+        Raises:
+            ValueError: ``state`` is not what :meth:`pending` returns.
+        """
+        since = state.get("since") if isinstance(state, dict) else None
+        if not isinstance(since, list) or any(not isinstance(a, (list, tuple)) or len(a) != 6 for a in since):
+            raise ValueError(f"the checkpoint's recorder state {state!r} is not AsyncRecorder.pending()'s "
+                             "{'since': [[seconds, bytes_down, bytes_up, applied, loss, staleness], ...]}")
+        self._since = [tuple(a) for a in since]
+
+    def truncate(self, rounds: int, updates: int | None = None) -> None:
+        """Keep what the checkpoint covers: metrics rows of server versions ``<= rounds``,
+        and in ``updates.csv`` and ``clients.csv`` the rows before the first arrival
+        numbered above ``updates`` (default: the last kept metrics row's ``updates``); the
+        files are cut in place (a partial last line goes too) and appending continues after
+        them. Forgets the pending arrivals (:meth:`restore_pending` brings them back).
+
+        Raises:
+            ConfigError: ``updates.csv`` or ``clients.csv`` is damaged.
+        """
+        self.metrics = [m for m in self.metrics if int(m["round"]) <= rounds]
+        if updates is None:
+            updates = int(self.metrics[-1]["updates"]) if self.metrics else 0
+        self._rewrite_metrics()
+        self._units, self._client_ids, self._staleness, self._since = array("q"), array("q"), [0, 0], []
+        self._updates_csv.keep_prefix(("update", "wave", "client_id", "staleness"), lambda v: v[0] <= updates,
+                                      lambda v: self._visit(v[1:]))
+        self._clients_csv.keep_prefix(("update",), lambda v: v[0] <= updates)
+        self._loaded = False
+
     def flush(self) -> None:
-        """Rewrite ``metrics.jsonl``, ``metrics.csv``, ``clients.csv`` and ``updates.csv``
-        from everything recorded so far, each atomically.
+        """Hand every appended row to the operating system (no fsync; :meth:`sync` adds it).
 
         Raises:
             OSError: the run directory cannot be written.
         """
-        write_text(self.run_dir / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in self.metrics))
-        write_text(self.run_dir / "metrics.csv", _csv(self.metrics, METRIC_FIELDS))
-        write_text(self.run_dir / "clients.csv", _csv(self.clients, CLIENT_FIELDS))
-        write_text(self.run_dir / "updates.csv", _csv(self.updates, UPDATE_FIELDS))
+        super().flush()
 
     def close(self) -> None:
-        """Write the files a last time (:meth:`flush`) and close the TensorBoard writer.
+        """Write the files' headers if no row came, :meth:`sync`, and close the files and
+        the TensorBoard writer.
 
         Raises:
             OSError: the run directory cannot be written.
         """
-        self.flush()
+        self._settle()
+        for log in (self._updates_csv, self._clients_csv, self._metrics_csv):
+            log.touch()
+        if self._jsonl.fresh:
+            self._jsonl.append("")
         super().close()
 
 

@@ -85,8 +85,9 @@ def summarize_run(name: str, run_dir: Path, target: float, num_classes: int | No
         num_classes: the dataset's number of classes, for the chance check (None: no check).
 
     Returns:
-        A dict with every key of :data:`COLUMNS` (status ``ok``; ``diverged`` when a
-        train or test loss is missing or non-finite; else ``chance`` when the final test
+        A dict with every key of :data:`COLUMNS` (status ``ok``; ``diverged`` when the
+        run stopped as diverged (``result.json``, its reason in ``note``) or a train or
+        test loss is missing or non-finite; else ``chance`` when the final test
         accuracy is <= 1/num_classes + :data:`CHANCE_MARGIN`) plus ``curve``: ``[(round,
         test accuracy)]`` of the evaluated rounds, for the plot. A majority-class
         predictor on an unbalanced test set can score above this threshold and is not caught.
@@ -96,11 +97,13 @@ def summarize_run(name: str, run_dir: Path, target: float, num_classes: int | No
     rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()] if metrics_path.is_file() else []
     evals = [r for r in rows if r.get("test_accuracy") is not None]
     losses = [r.get("train_loss") for r in rows] + [r.get("test_loss") for r in evals]
-    if any(v is None or not math.isfinite(v) for v in losses):
-        row["status"] = "diverged"
-    reached = [r["round"] for r in evals if r["test_accuracy"] >= target]
     result_path = run_dir / "result.json"
     result = json.loads(result_path.read_text()) if result_path.is_file() else {}
+    if result.get("status") == "diverged":
+        row.update(status="diverged", note=f"stopped at round {result['diverged_at']}: {result['reason']}")
+    elif any(v is None or not math.isfinite(v) for v in losses):
+        row["status"] = "diverged"
+    reached = [r["round"] for r in evals if r["test_accuracy"] >= target]
     row.update({
         "final_test_accuracy": evals[-1]["test_accuracy"] if evals else None,
         "best_test_accuracy": max((r["test_accuracy"] for r in evals), default=None),

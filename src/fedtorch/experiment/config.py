@@ -259,7 +259,14 @@ def validate(cfg: DictConfig) -> DictConfig:
     _require(cfg.eval.every >= 1, "eval.every", cfg.eval.every, "must be >= 1")
     _require(cfg.eval.clients_every >= 0, "eval.clients_every", cfg.eval.clients_every, "must be >= 0 (0: off)")
     _rule(check_holdout, cfg.eval.holdout)
+    _require(cfg.eval.diverge_loss is None or cfg.eval.diverge_loss > 0, "eval.diverge_loss", cfg.eval.diverge_loss,
+             "must be null (off) or > 0")
+    _require(0 < cfg.eval.diverge_nonfinite <= 1, "eval.diverge_nonfinite", cfg.eval.diverge_nonfinite, "must be in (0, 1]")
     _require(cfg.checkpoint.every >= 1, "checkpoint.every", cfg.checkpoint.every, "must be >= 1")
+    m = f.state_memory_mb
+    _require(m is None or (math.isfinite(m) and m >= 0), "federation.state_memory_mb", m,
+             "must be null (no limit: every client state in RAM) or a number of MiB >= 0 "
+             "(states beyond it spill to <run_dir>/client_states; 0: all on disk)")
     dev = cfg.execution.device
     _require(dev == "cpu" or re.fullmatch(r"cuda(:\d+)?", dev) is not None, "execution.device", dev, "use cpu, cuda or cuda:<index>")
     _validate_execution(cfg.execution)

@@ -1,6 +1,9 @@
 """Per-round outputs of a run directory: metrics (JSONL + CSV), selected clients (CSV),
-optional TensorBoard events. Files are rewritten atomically every round, so a killed
-run leaves consistent files; :meth:`Recorder.truncate` drops rounds after a checkpoint.
+optional TensorBoard events. Rows are appended and flushed every round, never rewritten
+(:mod:`fedtorch.experiment.logfiles`: a round's logging cost does not grow with the
+rounds), and fsynced by :meth:`Recorder.sync` before every checkpoint; on resume
+:meth:`Recorder.load` and :meth:`Recorder.truncate` drop what the checkpoint does not cover
+(and a partial last line left by a killed process).
 
 ``clients.csv`` also gets a column for every one-number tensor field an algorithm adds
 to its message (Delta-SGD's ``step_size``, ``step_size_min``, ``step_size_max``, q-FFL's
@@ -9,22 +12,25 @@ over the round's aggregated clients (:func:`round_summary`): a field named ``*_m
 its minimum, ``*_max`` by its maximum (same column name), any other field ``f`` by its
 mean in column ``f_mean``. So a Delta-SGD run has ``step_size_min``, ``step_size_mean``
 and ``step_size_max`` per round: the smallest, mean and largest step size any aggregated
-client took.
+client took. These columns are known from the first round; should one appear later, the
+CSV file is rewritten once with the widened header.
+
+Only the metrics rows (one per round) stay in memory; of the per-client rows only the
+``(round, client id)`` pairs are kept, as two int64 arrays (:attr:`Recorder.selection`).
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import json
 import math
+from array import array
 from pathlib import Path
 
 from torch import Tensor
 
-from fedtorch.experiment.atomic import write_text
 from fedtorch.experiment.errors import ConfigError
+from fedtorch.experiment.logfiles import CsvLog, LogFile, read_jsonl
 from fedtorch.federation.sync import RoundReport
 
 CLIENT_EVAL_FIELDS = [f"{who}_acc_{stat}" for who in ("client", "personal") for stat in ("mean", "std", "worst10", "best10")]
@@ -63,34 +69,36 @@ def final_result(cfg, metrics: list[dict], rounds: int) -> dict:
     }
 
 
-def _csv(rows: list[dict], fields: list[str]) -> str:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: ("" if r.get(k) is None else r[k]) for k in fields})
-    return buf.getvalue()
-
-
 def _finite_or_none(v):
     return None if v is None or (isinstance(v, float) and not math.isfinite(v)) else v
 
 
 class Recorder:
-    """Collects round reports and writes ``metrics.jsonl``, ``metrics.csv``, ``clients.csv``.
+    """Collects round reports and appends them to ``metrics.jsonl``, ``metrics.csv`` and
+    ``clients.csv``.
 
     Args:
         run_dir: the run directory.
         tensorboard: also write TensorBoard event files under ``run_dir/tensorboard``.
 
+    Attributes:
+        metrics: the metrics rows, one per round (the only rows kept in memory).
+
     Raises:
         ConfigError: ``tensorboard`` requested but the package is missing.
     """
 
+    unit = "round"  # the first element of a selection pair
+
     def __init__(self, run_dir: Path, tensorboard: bool = False):
         self.run_dir = Path(run_dir)
         self.metrics: list[dict] = []
-        self.clients: list[dict] = []
+        self._jsonl = LogFile(self.run_dir / "metrics.jsonl")
+        self._metrics_csv = CsvLog(self.run_dir / "metrics.csv", self._metric_header)
+        self._clients_csv = CsvLog(self.run_dir / "clients.csv", self._client_header)
+        self._units, self._client_ids = array("q"), array("q")
+        self._written: str | None = None  # JSON of the last metrics row as written
+        self._loaded = False  # load() done, truncate() not yet
         self._tb = None
         if tensorboard:
             try:
@@ -101,23 +109,88 @@ class Recorder:
                 ) from None
             self._tb = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
 
+    @staticmethod
+    def _metric_header(keys: set) -> list[str]:
+        return METRIC_FIELDS + sorted(keys - set(METRIC_FIELDS))
+
+    @staticmethod
+    def _client_header(keys: set) -> list[str]:
+        return CLIENT_FIELDS + sorted(keys - set(CLIENT_FIELDS))
+
+    def _client_logs(self) -> list[CsvLog]:
+        return [self._clients_csv]
+
+    def _logs(self) -> list[LogFile]:
+        """Every log file, per-client ones first (the order of flushes: a metrics row on
+        disk implies its per-client rows are)."""
+        return [*self._client_logs(), self._jsonl, self._metrics_csv]
+
+    @property
+    def selection(self) -> list[tuple[int, int]]:
+        """``(round, client id)`` of every client trained (also before a resume), in order."""
+        self._settle()
+        return list(zip(self._units, self._client_ids))
+
     def load(self) -> None:
-        """Read existing files (for resume)."""
-        path = self.run_dir / "metrics.jsonl"
-        if path.is_file():
-            self.metrics = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        path = self.run_dir / "clients.csv"
-        if path.is_file():
-            with path.open() as f:
-                self.clients = list(csv.DictReader(f))
+        """Read ``metrics.jsonl`` of an existing run (for resume), dropping a partial last
+        line; call :meth:`truncate` next (else the first append truncates to the last
+        metrics row).
+
+        Raises:
+            ConfigError: a complete line of ``metrics.jsonl`` is not JSON.
+        """
+        self.metrics = read_jsonl(self._jsonl.path)
+        self._loaded = True
 
     def truncate(self, rounds: int) -> None:
-        """Forget rounds after ``rounds`` (those the checkpoint does not cover)."""
+        """Keep rounds ``<= rounds`` (those the checkpoint covers): the metrics rows, and in
+        ``clients.csv`` the rows before the first of a later round (the file is cut in
+        place; a partial last line goes too). Appending continues after them.
+
+        Raises:
+            ConfigError: ``clients.csv`` is damaged.
+        """
         self.metrics = [m for m in self.metrics if int(m["round"]) <= rounds]
-        self.clients = [c for c in self.clients if int(c["round"]) <= rounds]
+        self._rewrite_metrics()
+        self._units, self._client_ids = array("q"), array("q")
+        self._clients_csv.keep_prefix(("round", "client_id"), lambda v: v[0] <= rounds, self._visit)
+        self._loaded = False
+
+    def _visit(self, values: list[int]) -> None:
+        self._units.append(values[0])
+        self._client_ids.append(values[1])
+
+    def _settle(self) -> None:
+        """After :meth:`load` without :meth:`truncate`: truncate to the last metrics row."""
+        if self._loaded:
+            self.truncate(int(self.metrics[-1]["round"]) if self.metrics else 0)
+
+    def _rewrite_metrics(self) -> None:
+        self._jsonl.replace("".join(json.dumps(m) + "\n" for m in self.metrics))
+        self._metrics_csv.replace_rows(self.metrics)
+        self._written = json.dumps(self.metrics[-1]) if self.metrics else None
+
+    def _append_metrics(self, row: dict) -> None:
+        """Append ``row`` to the metrics files, after flushing the per-client ones."""
+        for log in self._client_logs():
+            log.flush()
+        self.metrics.append(row)
+        self._written = json.dumps(row)
+        self._jsonl.append(self._written + "\n")
+        self._metrics_csv.append_rows([row])
+        self._jsonl.flush()
+        self._metrics_csv.flush()
 
     def record(self, report: RoundReport) -> dict:
-        """Add one round and rewrite the files; returns the round's metrics row."""
+        """Add one round: append its ``clients.csv`` rows and its metrics row, flushed.
+
+        Returns:
+            The round's metrics row.
+
+        Raises:
+            OSError: the run directory cannot be written.
+        """
+        self._settle()
         elapsed = (self.metrics[-1]["elapsed_seconds"] if self.metrics else 0.0) + report.seconds
         row = {
             "round": report.round,
@@ -134,17 +207,20 @@ class Recorder:
         }
         scalars = [_message_scalars(r.message) for r in report.results]
         valid = report.valid.tolist()
+        rows = []
         for r, ok, s in zip(report.results, valid, scalars):
             m = r.message
-            self.clients.append({
+            rows.append({
                 "round": report.round, "client_id": r.client_id, "num_samples": m.num_samples,
                 "num_steps": m.num_steps, "train_loss": m.loss, "seconds": round(r.seconds, 6), "aggregated": int(ok),
                 **s,
             })
+            self._units.append(report.round)
+            self._client_ids.append(r.client_id)
+        self._clients_csv.append_rows(rows)
         summary = round_summary([s for s, ok in zip(scalars, valid) if ok], sorted({k for s in scalars for k in s}))
         row.update(summary)
-        self.metrics.append(row)
-        self.flush()
+        self._append_metrics(row)
         if self._tb is not None:
             for key in ("train_loss", "test_loss", "test_accuracy", "wall_seconds", *summary):
                 if row[key] is not None:
@@ -152,16 +228,47 @@ class Recorder:
             self._tb.flush()
         return row
 
+    def _amend_last(self) -> None:
+        """Rewrite the metrics files if the last row was changed in memory after it was
+        written (the asynchronous loop fills in a final evaluation)."""
+        if self.metrics and json.dumps(self.metrics[-1]) != self._written:
+            self._rewrite_metrics()
+
     def flush(self) -> None:
-        write_text(self.run_dir / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in self.metrics))
-        metric_extra = sorted({k for m in self.metrics for k in m} - set(METRIC_FIELDS))
-        write_text(self.run_dir / "metrics.csv", _csv(self.metrics, METRIC_FIELDS + metric_extra))
-        extra = sorted({k for c in self.clients for k in c} - set(CLIENT_FIELDS))
-        write_text(self.run_dir / "clients.csv", _csv(self.clients, CLIENT_FIELDS + extra))
+        """Hand every appended row to the operating system (no fsync).
+
+        Raises:
+            OSError: the run directory cannot be written.
+        """
+        self._settle()
+        self._amend_last()
+        for log in self._logs():
+            log.flush()
+
+    def sync(self) -> None:
+        """:meth:`flush`, then ``os.fsync`` every log file: called right before a
+        checkpoint, so the rows it covers survive a power cut.
+
+        Raises:
+            OSError: the run directory cannot be written.
+        """
+        self.flush()
+        for log in self._logs():
+            log.sync()
 
     def close(self) -> None:
-        if self._tb is not None:
-            self._tb.close()
+        """:meth:`sync` and close the log files and the TensorBoard writer.
+
+        Raises:
+            OSError: the run directory cannot be written.
+        """
+        try:
+            self.sync()
+        finally:
+            for log in self._logs():
+                log.close()
+            if self._tb is not None:
+                self._tb.close()
 
 
 def _message_scalars(message) -> dict[str, float]:

@@ -19,26 +19,32 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+import yaml
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 import fedtorch
 from fedtorch.algorithms import LocalSGD, make_server_optimizer
 from fedtorch.data import DataFileError, FederatedData, PartitionError, load_split
-from fedtorch.data.federated import steps_per_round
+from fedtorch.data.federated import ClientIndices, mean_steps_per_round
 from fedtorch.data.local_split import split_holdout
 from fedtorch.execution import build_executor
 from fedtorch.experiment.atomic import write_text
-from fedtorch.experiment.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint, save_model
+from fedtorch.experiment.checkpoint import CHECKPOINT_NAME, PREV_CHECKPOINT_NAME, read_checkpoint, save_checkpoint, save_model
 from fedtorch.experiment.config import algorithm_hparams, clients_per_round, local_work, server_hparams
+from fedtorch.experiment.divergence import Diverged, divergence
+from fedtorch.experiment.divergence import hint as divergence_hint
 from fedtorch.experiment.errors import ConfigError
 from fedtorch.experiment.paths import experiment_output_dir, make_unique_dir, timestamp
 from fedtorch.experiment.plots import plot_run
 from fedtorch.experiment.progress import RoundProgress
 from fedtorch.experiment.recorder import Recorder, final_result
+from fedtorch.experiment.run_files import CONFIG_NAME, check_config_digest, read_run_meta, write_run_files
 from fedtorch.experiment.selection import write_selection
 from fedtorch.federation import ClientStateStore, SyncSettings, run_sync
 from fedtorch.federation.async_loop import AsyncSettings
 from fedtorch.federation.client_eval import evaluate_clients
+from fedtorch.federation.client_states import SPILL_DIR_NAME
 from fedtorch.flat import FlatModule
 from fedtorch.models import build_model
 from fedtorch.protocol import FederationInfo
@@ -74,7 +80,7 @@ def prepare(cfg: DictConfig) -> Prepared:
     except (DataFileError, PartitionError) as e:
         raise ConfigError(str(e)) from None
     device = torch.device(cfg.execution.device)
-    parts = [torch.from_numpy(p).to(device) for p in parts]
+    parts = ClientIndices.from_arrays(parts, device)  # one flat tensor, not N of them (10^6 clients: 600 MB)
     holdout = None
     if cfg.eval.clients_every:
         parts, holdout = split_holdout(parts, cfg.eval.holdout, cfg.data.seed)
@@ -96,10 +102,10 @@ def prepare(cfg: DictConfig) -> Prepared:
         LocalSGD(momentum=cfg.client.momentum, weight_decay=cfg.client.weight_decay),
         make_server_optimizer(optimizer, **server_hp),
         FederationInfo(
-            num_clients=len(parts), lr=cfg.client.lr, weighting=cfg.federation.weighting,
-            total_samples=sum(len(p) for p in parts),
-            mean_local_steps=sum(steps_per_round(len(p), cfg.client.batch_size, cfg.client.local_epochs, cfg.client.local_steps)
-                                 for p in parts) / len(parts),
+            num_clients=data.num_clients, lr=cfg.client.lr, weighting=cfg.federation.weighting,
+            total_samples=int(data.sizes().sum()),
+            mean_local_steps=mean_steps_per_round(data.sizes(), cfg.client.batch_size, cfg.client.local_epochs,
+                                                  cfg.client.local_steps),
         ),
     )
     e = cfg.execution
@@ -128,49 +134,71 @@ def new_run_dir(cfg: DictConfig, experiment: Path | None, parent: Path | None = 
     if parent is None:
         parent = experiment_output_dir(cfg.output_dir, experiment)
     run_dir = make_unique_dir(parent, name or f"{cfg.algorithm.name}_seed{cfg.seed}_{stamp}")
-    write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg))
     meta = {
         "experiment": str(experiment) if experiment else None, "created": stamp, "fedtorch": fedtorch.__version__,
         "torch": torch.__version__, "python": platform.python_version(),
         "seed": cfg.seed, "data_seed": cfg.data.seed,
     }
-    write_text(run_dir / "run.json", json.dumps(meta, indent=2) + "\n")
+    write_run_files(run_dir, OmegaConf.to_yaml(cfg), meta)  # run.json also records config.yaml's sha256
     return run_dir
 
 
 def load_run_config(run_dir: Path) -> DictConfig:
-    """The resolved config saved in a run directory.
+    """The resolved config saved in a run directory, validated and checked against
+    ``run.json`` (:mod:`fedtorch.experiment.run_files`).
 
     Raises:
-        ConfigError: not a run directory.
+        ConfigError: not a run directory; ``run.json`` missing, damaged or written by another
+            fedtorch version; ``config.yaml`` not valid YAML, with a key that fails
+            validation (the message names the file and the key), or not the file the run
+            started with (sha256 in ``run.json``).
     """
-    path = Path(run_dir) / "config.yaml"
+    from fedtorch.experiment.config import from_dict, validate
+
+    path = Path(run_dir) / CONFIG_NAME
     if not path.is_file():
         raise ConfigError(f"{run_dir} is not a run directory (no config.yaml)")
-    from fedtorch.experiment.config import from_dict
+    meta = read_run_meta(run_dir)
+    try:
+        raw = OmegaConf.to_container(OmegaConf.load(path))
+    except (yaml.YAMLError, OmegaConfBaseException, UnicodeDecodeError) as e:
+        problem = " ".join(str(e).split())
+        raise ConfigError(f"{path} is not a valid config ({type(e).__name__}: {problem}); "
+                          "the run directory is damaged: restore the file, or start the run again") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} is not a valid config (not a mapping of keys); restore the file, or start the run again")
+    try:
+        cfg = validate(from_dict(raw, where=str(path)))
+    except ConfigError as e:
+        raise ConfigError(str(e) if str(path) in str(e) else f"{path}: {e}; fix it, or start the run again") from None
+    check_config_digest(run_dir, meta)
+    return cfg
 
-    return from_dict(OmegaConf.to_container(OmegaConf.load(path)), where=str(path))
 
-
-ASYNC_NOT_RESUMABLE = "async runs cannot be resumed (the clients in flight, their models and timers, are not checkpointed)"
+ASYNC_NOT_RESUMABLE = ("runs with federation.clock=asyncio cannot be resumed (their clients in flight are asyncio "
+                       "tasks, not checkpointed; federation.clock=simulated runs are)")
 
 
 def check_resumable(cfg: DictConfig, run_dir: Path) -> None:
-    """The one rule for ``--resume``: a synchronous run with a checkpoint. Needs no data, so
-    the CLI can call it before :func:`prepare`.
+    """The one rule for ``--resume``: a run started by this fedtorch version (``run.json``)
+    with a checkpoint (``checkpoint.pt`` or ``checkpoint.prev.pt``; which one verifies is
+    decided when it is read); an asynchronous run only with the simulated clock. Needs no
+    data, so the CLI can call it before :func:`prepare`.
 
     Raises:
-        ConfigError: an async run (:data:`ASYNC_NOT_RESUMABLE`), or no checkpoint yet.
+        ConfigError: an asyncio-clock run (:data:`ASYNC_NOT_RESUMABLE`), ``run.json``
+            missing, damaged or of another fedtorch version, or no checkpoint yet.
     """
-    if cfg.federation.mode == "async":
-        raise ConfigError(f"{run_dir} is an async run (federation.mode=async); {ASYNC_NOT_RESUMABLE}; run it again")
-    if not (Path(run_dir) / CHECKPOINT_NAME).is_file():
+    if cfg.federation.mode == "async" and cfg.federation.clock != "simulated":
+        raise ConfigError(f"{run_dir}: {ASYNC_NOT_RESUMABLE}; run it again")
+    read_run_meta(run_dir)
+    if not any((Path(run_dir) / name).is_file() for name in (CHECKPOINT_NAME, PREV_CHECKPOINT_NAME)):
         raise ConfigError(f"{run_dir} has no {CHECKPOINT_NAME}: nothing to resume (the run stopped before its first checkpoint); run it again")
 
 
 def interrupted_hint(cfg: DictConfig, run_dir: Path) -> str:
     """What to tell a user whose run was interrupted: how to resume it, or why it cannot be."""
-    if cfg.federation.mode == "async":
+    if cfg.federation.mode == "async" and cfg.federation.clock != "simulated":
         return f"interrupted; {ASYNC_NOT_RESUMABLE}; start it again; partial outputs in {run_dir}"
     return f"interrupted; continue with: fedtorch run --resume {run_dir}"
 
@@ -188,6 +216,7 @@ class RunOutcome:
         title_suffix: appended to the plots' title.
         result_head, result_tail: ``result.json`` keys before / after :func:`final_result`'s.
         plots: extra ``plot(metrics, run_dir, title)`` functions.
+        diverged: why the loop stopped early (:class:`~fedtorch.experiment.divergence.Diverged`), or None.
     """
 
     server: object
@@ -199,34 +228,48 @@ class RunOutcome:
     result_head: dict = field(default_factory=dict)
     result_tail: dict = field(default_factory=dict)
     plots: list = field(default_factory=list)
+    diverged: Diverged | None = None
 
 
 def execute(prep: Prepared, run_dir: Path, resume: bool = False, on_row: Callable[[dict], None] | None = None) -> dict:
     """Run (or continue) the federation loop, writing everything into ``run_dir``.
 
+    The executor is closed at the end, also on error or interrupt. A run that diverges
+    (:mod:`fedtorch.experiment.divergence`) stops there: its ``result.json`` has
+    ``"status": "diverged"``, ``diverged_at``, ``reason`` and ``hint``, and no ``model.pt``
+    is written (``checkpoint.pt`` holds the last good round); otherwise ``"status": "completed"``.
+
     Returns:
-        The final result (also written to ``result.json``, which marks the run complete).
+        The final result (also written to ``result.json``, which marks the run finished).
 
     Raises:
         ConfigError: ``resume`` where :func:`check_resumable` refuses, or a checkpoint of
             another layout.
     """
     cfg, run_dir = prep.cfg, Path(run_dir)
-    if resume:
-        check_resumable(cfg, run_dir)
-    if cfg.federation.mode == "async":
-        from fedtorch.experiment.async_run import run_async_loop
+    try:
+        if resume:
+            check_resumable(cfg, run_dir)
+        if cfg.federation.mode == "async":
+            from fedtorch.experiment.async_run import run_async_loop
 
-        outcome = run_async_loop(prep, run_dir, on_row)
-    else:
-        outcome = _run_sync(prep, run_dir, resume, on_row)
-    save_model(run_dir, prep.executor.replica.layout, outcome.server.x)
+            outcome = run_async_loop(prep, run_dir, resume, on_row)
+        else:
+            outcome = _run_sync(prep, run_dir, resume, on_row)
+    finally:
+        prep.executor.close()  # worker threads and CUDA streams, also on error and Ctrl-C
+    if outcome.diverged is None:
+        save_model(run_dir, prep.executor.replica.layout, outcome.server.x)
     title = f"{cfg.algorithm.name} on {cfg.data.dataset}{outcome.title_suffix}"
     plot_run(outcome.metrics, run_dir, title=title)
     for plot in outcome.plots:
         plot(outcome.metrics, run_dir, title=title)
     write_selection(outcome.selection, run_dir, outcome.unit)
-    result = {**outcome.result_head, **final_result(cfg, outcome.metrics, outcome.rounds), **outcome.result_tail}
+    status = {"status": "completed"}
+    if outcome.diverged is not None:
+        status = {"status": "diverged", "diverged_at": outcome.diverged.round, "reason": outcome.diverged.reason,
+                  "hint": divergence_hint(cfg)}
+    result = {**outcome.result_head, **status, **final_result(cfg, outcome.metrics, outcome.rounds), **outcome.result_tail}
     write_text(run_dir / RESULT_NAME, json.dumps(result, indent=2) + "\n")
     return result
 
@@ -234,15 +277,14 @@ def execute(prep: Prepared, run_dir: Path, resume: bool = False, on_row: Callabl
 def _run_sync(prep: Prepared, run_dir: Path, resume: bool, on_row: Callable[[dict], None] | None) -> RunOutcome:
     """Synchronous rounds (from the checkpoint when ``resume``), their logs and checkpoints."""
     cfg = prep.cfg
-    store = ClientStateStore()
+    store = ClientStateStore(cfg.federation.state_memory_mb, run_dir / SPILL_DIR_NAME)
     recorder = Recorder(run_dir, tensorboard=cfg.logging.tensorboard)
     if resume:
-        try:
-            server, clients = load_checkpoint(run_dir, prep.executor.replica.layout)
-        except (FileNotFoundError, ValueError) as e:  # no checkpoint.pt, or one of another layout
-            raise ConfigError(str(e)) from None
-        server = server.replace(x=server.x.to(prep.x0.device))
-        store.load_state_dict(clients)
+        # the newest checkpoint that verifies (checkpoint.prev.pt if checkpoint.pt is damaged);
+        # CheckpointError, a ConfigError, when none does or it is of another version or layout
+        ckpt = read_checkpoint(run_dir, prep.executor.replica.layout)
+        server = ckpt.server.replace(x=ckpt.server.x.to(prep.x0.device))
+        store.load_state_dict(ckpt.clients)
         recorder.load()
         recorder.truncate(server.round)
     else:
@@ -250,14 +292,19 @@ def _run_sync(prep: Prepared, run_dir: Path, resume: bool, on_row: Callable[[dic
     progress = RoundProgress(cfg.rounds, server.round, cfg.logging.progress)
 
     def on_round(state, report):
-        if not report.valid.all():
-            dropped = [r.client_id for r, ok in zip(report.results, report.valid.tolist()) if not ok]
-            print(f"round {report.round}: clients {dropped} sent non-finite updates; left out of aggregation", file=sys.stderr)
         row = recorder.record(report)
         progress.update(row)
         if on_row is not None:
             on_row(row)
+        bad = int((~report.valid).sum())
+        reason = divergence(state.x, bad, len(report.valid), [row["train_loss"], row["test_loss"]], cfg.eval)
+        if reason is not None:
+            raise Diverged(report.round, reason)
+        if bad:
+            dropped = [r.client_id for r, ok in zip(report.results, report.valid.tolist()) if not ok]
+            print(f"round {report.round}: clients {dropped} sent non-finite updates; left out of aggregation", file=sys.stderr)
         if report.round % cfg.checkpoint.every == 0 or report.round == cfg.rounds:
+            recorder.sync()  # the logs on disk before the checkpoint that covers them
             save_checkpoint(run_dir, state, store.state_dict(), prep.executor.replica.layout)
 
     def evaluate(x):
@@ -266,11 +313,14 @@ def _run_sync(prep: Prepared, run_dir: Path, resume: bool, on_row: Callable[[dic
     def evaluate_each_client(state):
         return evaluate_clients(prep.algorithm, prep.executor, prep.data, prep.holdout, state, cfg.client.batch_size, cfg.seed)
 
+    diverged = None
     try:
         server = run_sync(
             prep.algorithm, prep.executor, prep.data, server, store, prep.settings, evaluate, on_round,
             evaluate_each_client if prep.holdout is not None else None,
         )
+    except Diverged as d:
+        diverged = d
     finally:
         progress.close()
         recorder.close()
@@ -278,4 +328,5 @@ def _run_sync(prep: Prepared, run_dir: Path, resume: bool, on_row: Callable[[dic
     client_evals = [m for m in metrics if m.get("client_acc_mean") is not None]
     tail = {k: v for k, v in client_evals[-1].items() if k.startswith(("client_acc", "personal_acc"))} if client_evals else {}
     return RunOutcome(server=server, metrics=metrics, rounds=len(metrics),
-                      selection=[(int(c["round"]), int(c["client_id"])) for c in recorder.clients], result_tail=tail)
+                      selection=recorder.selection, result_tail=tail,
+                      diverged=diverged)

@@ -73,6 +73,7 @@ class FederationConfig:
     clock: str = "simulated"  # async: simulated (event queue, no sleeping) | asyncio (clients as asyncio tasks)
     sleep_scale: float = 0.0  # clock=asyncio: real seconds each client sleeps per simulated second; 0: none
     max_seconds: Optional[float] = None  # async: also stop at this simulated time (seconds)
+    state_memory_mb: Optional[float] = None  # RAM budget (MiB) of stateful clients' states (SCAFFOLD's c_i, ...); beyond it they spill to <run_dir>/client_states and checkpoints reference them; null: no limit, all in RAM
 
 
 @dataclass
@@ -113,6 +114,8 @@ class EvalConfig:
     every: int = 1  # evaluate the global model on the test set every N rounds (and at the end)
     clients_every: int = 0  # per-client accuracy on held-out local splits every N rounds (and at the end); 0: off
     holdout: float = 0.2  # share of each client's samples held out (training uses the rest) when clients_every > 0
+    diverge_loss: Optional[float] = None  # stop (exit 3) when the round's train or test loss exceeds this; null: off
+    diverge_nonfinite: float = 0.5  # stop (exit 3) when at least this share of a round's updates is NaN/Inf, in (0, 1]; 1: only when all are
 
 
 @dataclass

@@ -60,7 +60,10 @@ def _slug(combo: list[str]) -> str:
 
 
 def run_sweep(base: DictConfig, experiment: Path, overrides: list[str]) -> Path:
-    """Validate every grid point first, then run them in order; returns the sweep dir."""
+    """Validate every grid point first, then run them in order; returns the sweep dir.
+
+    A diverged run is recorded (``status`` column of ``summary.csv``) and the sweep goes on.
+    """
     combos = expand(overrides)
     configs = [validate(apply_overrides(base, combo)) for combo in combos]
     sweep_dir = make_unique_dir(experiment_output_dir(base.output_dir, experiment), f"multirun_{timestamp()}")
@@ -71,6 +74,8 @@ def run_sweep(base: DictConfig, experiment: Path, overrides: list[str]) -> Path:
         prep = prepare(cfg)
         run_dir = new_run_dir(cfg, experiment, parent=sweep_dir, name=f"{i:03d}_{_slug(combo)}")
         result = execute(prep, run_dir)
+        if result["status"] == "diverged":
+            print(f"  diverged at round {result['diverged_at']}: {result['reason']}; going on with the next run", flush=True)
         rows.append({"run_dir": run_dir.name, **{k: c.split("=", 1)[1] for k, c in zip(keys, combo)}, **result})
         write_text(sweep_dir / "summary.csv", summary_csv(rows))
     return sweep_dir

@@ -271,10 +271,10 @@ class AsyncServer:
 
         tasks = plan_tasks(self.hooks, self.data, self._wave, clients, s, delay_aware_lr)
         broadcast = self.algorithm.broadcast(self.server)
+        states = self.store.get_many([t.ctx.client_id for t in tasks], lambda: self.algorithm.init_client(self.server.x))
         jobs = []
-        for task in tasks:
+        for task, state in zip(tasks, states):
             c = task.ctx.client_id
-            state = self.store.get(c, lambda: self.algorithm.init_client(self.server.x))
             job = Job(self._seq, self._wave, self.server.round, now, now + durations[c], task, broadcast, state,
                       broadcast.nbytes)
             heapq.heappush(self._queue, (job.arrives_at, job.seq, job))
@@ -324,8 +324,7 @@ class AsyncServer:
         before = self.server.round
         if applied:
             self.server, stored = self.step.arrive(self.server, job.client_id, message, result.state, staleness)
-            for client_id, state in stored:
-                self.store.put(client_id, state)
+            self.store.put_many([c for c, _ in stored], [st for _, st in stored])
         updated = self.server.round != before
         seconds = time.perf_counter() - self._clock
         test_loss = test_acc = None

@@ -95,7 +95,7 @@ def run_sync(
         start = time.perf_counter()
         tasks = plan_tasks(hooks, data, t, sample_clients(s.seed, t, data.num_clients, s.clients_per_round), s)
         clients = [task.ctx.client_id for task in tasks]
-        states = [store.get(c, lambda: algorithm.init_client(server.x)) for c in clients]
+        states = store.get_many(clients, lambda: algorithm.init_client(server.x))
         broadcast = algorithm.broadcast(server)
         results = executor.run(algorithm, broadcast, tasks, states)
         messages = ClientMessage.stack([r.message for r in results])
@@ -108,9 +108,9 @@ def run_sync(
             train_loss = float((weights * kept.loss.to(weights.device)).sum())
         else:
             server = server.replace(round=server.round + 1)
-        for r, ok in zip(results, valid.tolist()):
-            if ok:  # a rejected (non-finite) update leaves the client's state as it was
-                store.put(r.client_id, hooks.after_aggregate(server, r.state))
+        kept_results = [r for r, ok in zip(results, valid.tolist()) if ok]  # a rejected (non-finite) update
+        store.put_many([r.client_id for r in kept_results],  # leaves the client's state as it was
+                       [hooks.after_aggregate(server, r.state) for r in kept_results])
         seconds = time.perf_counter() - start
         test_loss = test_acc = None
         if evaluate is not None and ((t + 1) % s.eval_every == 0 or t + 1 == s.rounds):

@@ -22,7 +22,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from fedtorch.data import FederatedData
-from fedtorch.experiment.checkpoint import CHECKPOINT_NAME
+from fedtorch.experiment.checkpoint import CHECKPOINT_NAME, PREV_CHECKPOINT_NAME
 from fedtorch.experiment.config import apply_overrides, from_dict, validate
 from fedtorch.experiment.errors import ConfigError
 from fedtorch.experiment.runner import RESULT_NAME, execute, new_run_dir, prepare
@@ -126,7 +126,7 @@ def run_job(table: Table, job: Job, setting: Setting, out: Path) -> dict:
             raise ConfigError(f"{run_dir} holds a run of another configuration; use another --out")
         if (run_dir / RESULT_NAME).is_file():
             return {"job": job, "run_dir": run_dir, "result": json.loads((run_dir / RESULT_NAME).read_text()), "status": "reused"}
-        status = "resumed" if (run_dir / CHECKPOINT_NAME).is_file() else "ran"
+        status = "resumed" if any((run_dir / n).is_file() for n in (CHECKPOINT_NAME, PREV_CHECKPOINT_NAME)) else "ran"
     if status == "ran" and run_dir.exists():
         shutil.rmtree(run_dir)  # our own folder of this config, stopped before its first checkpoint
     prep = prepare(cfg)

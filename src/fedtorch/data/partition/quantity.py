@@ -8,11 +8,18 @@ from __future__ import annotations
 
 import numpy as np
 
-from fedtorch.data.partition.common import check_dirichlet, client_sizes, lognormal_weights, sorted_parts
+from fedtorch.data.partition.common import check_dirichlet, client_sizes, lognormal_weights
 
 
 def _cut(rng: np.random.Generator, n: int, sizes: np.ndarray) -> list[np.ndarray]:
-    return sorted_parts(np.split(rng.permutation(n), np.cumsum(sizes)[:-1]))
+    """A permutation of ``range(n)`` cut into pieces of ``sizes``, each sorted: one sort of
+    ``piece * n + index`` instead of a Python loop of sorts (10^6 clients: ~1 s, not ~6 s)."""
+    sizes = np.asarray(sizes, dtype=np.int64)
+    piece = np.repeat(np.arange(len(sizes), dtype=np.int64) * n, sizes)
+    key = piece + rng.permutation(n)
+    key.sort()
+    key -= piece  # pieces are consecutive, so sorting by piece first keeps them in place
+    return np.split(key, np.cumsum(sizes)[:-1])
 
 
 def iid(targets: np.ndarray, num_clients: int, seed: int) -> list[np.ndarray]:
