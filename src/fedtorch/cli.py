@@ -2,6 +2,7 @@
 
     fedtorch run <experiment-folder> [key.sub=value ...] [--multirun]
     fedtorch run --resume <run-dir>
+    fedtorch --version
     fedtorch partition <experiment-folder> [key.sub=value ...] [--out DIR]
     fedtorch algorithms
     fedtorch compare <experiment-folder> --algorithms a,b,c [key.sub=value ...] [--target 0.7]
@@ -9,7 +10,8 @@
 
 Bad input, a damaged or foreign run directory on ``--resume``, and a file that cannot be
 created or written (read-only, in the way, disk full) print one ``error:`` line (key or
-file, value, what to do) and exit with 2.
+file, value, what to do) and exit with 2. ``run`` and ``run --resume`` are thin layers over
+the Python API (:mod:`fedtorch.api`): the same validation, run directory and results.
 """
 
 from __future__ import annotations
@@ -22,12 +24,19 @@ from pathlib import Path
 from fedtorch.experiment.errors import ConfigError
 
 
-def _run_epilog() -> str:
-    from fedtorch.experiment.config import flat_defaults
+def _run_epilog(width: int = 110) -> str:
+    import textwrap
 
-    lines = ["configuration keys (override with key.sub=value):"]
-    for key, default in flat_defaults():
-        lines.append(f"  {key} = {default!r}")
+    from fedtorch.experiment.config import flat_defaults, key_meanings
+
+    lines = ["configuration keys (override with key.sub=value) with their defaults and meanings:"]
+    meanings = key_meanings()  # the comments of fedtorch/experiment/schema.py
+    entries = [(f"  {key} = {default!r}", meanings.get(key, "")) for key, default in flat_defaults()]
+    column = min(max(len(left) for left, _ in entries) + 2, 46)
+    for left, meaning in entries:
+        first = left.ljust(column) if len(left) < column else left + "\n" + " " * column
+        lines.append(textwrap.fill(meaning, width, initial_indent=first, subsequent_indent=" " * column,
+                                   break_on_hyphens=False) if meaning else left)
     lines += [
         "  algorithm.<hparam>  the chosen algorithm's hyper-parameters (see `fedtorch algorithms`)",
         "",
@@ -41,7 +50,10 @@ def _run_epilog() -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from fedtorch import __version__
+
     p = argparse.ArgumentParser(prog="fedtorch", description="Federated-learning simulation on PyTorch.")
+    p.add_argument("--version", action="version", version=f"fedtorch {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser(
         "run", help="train an experiment", epilog=_run_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -120,10 +132,9 @@ def _cmd_reproduce(args) -> int:
 
 
 def _cmd_run(args) -> int:
-    from fedtorch.experiment.config import apply_overrides, load_experiment, validate
-    from fedtorch.experiment.runner import (
-        RESULT_NAME, check_resumable, execute, interrupted_hint, load_run_config, new_run_dir, prepare,
-    )
+    from fedtorch import api
+    from fedtorch.experiment.config import load_experiment
+    from fedtorch.experiment.runner import RESULT_NAME, interrupted_hint, load_run_config
     from fedtorch.experiment.sweep import run_sweep
 
     if args.resume:
@@ -131,32 +142,28 @@ def _cmd_run(args) -> int:
             raise ConfigError("--resume takes only the run directory (its config.yaml is reused unchanged)")
         run_dir = Path(args.resume)
         cfg = load_run_config(run_dir)  # validated; checked against run.json (version, config.yaml's sha256)
-        if (run_dir / RESULT_NAME).is_file():
+        if api.is_complete(run_dir):
             print(f"{run_dir} is already complete ({RESULT_NAME} exists); nothing to resume")
             return 0
-        check_resumable(cfg, run_dir)  # needs no data: checked before prepare() loads and splits it
-        prep = prepare(cfg)
+        prep = api.prepare_resume(cfg, run_dir)  # resumability needs no data: checked before the data is loaded
         print(f"execution: {prep.executor.description}", flush=True)
-        result = execute(prep, run_dir, resume=True)
-        _report(run_dir, result)
-        return 0
+        return _report(run_dir, api.finish(prep, run_dir, resume=True).result)
     if not args.experiment:
         raise ConfigError("fedtorch run needs an experiment folder (e.g. experiments/FashionMNIST/A0d5C100) or --resume RUN_DIR")
-    base, folder = load_experiment(args.experiment)
     if args.multirun:
+        base, folder = load_experiment(args.experiment)
         sweep_dir = run_sweep(base, folder, args.overrides)
         print(f"sweep finished: {sweep_dir / 'summary.csv'}")
         return 0
-    cfg = validate(apply_overrides(base, args.overrides))
-    prep = prepare(cfg)
-    run_dir = new_run_dir(cfg, folder)
+    cfg, folder = api.configure(args.experiment, args.overrides, quiet=False)
+    prep, run_dir = api.start(cfg, folder)
     print(f"run directory: {run_dir}\nexecution: {prep.executor.description}", flush=True)
     try:
-        result = execute(prep, run_dir)
+        result = api.finish(prep, run_dir)
     except KeyboardInterrupt:
         print(f"\n{interrupted_hint(cfg, run_dir)}", file=sys.stderr)
         return 130
-    return _report(run_dir, result)
+    return _report(run_dir, result.result)
 
 
 def _report(run_dir: Path, result: dict) -> int:
@@ -169,7 +176,7 @@ def _report(run_dir: Path, result: dict) -> int:
     print(
         f"done: {result['rounds']} rounds, final test accuracy {acc:.4f}, "
         f"{result['seconds_per_round']:.2f} s/round\nresults in {run_dir} "
-        "(config.yaml, metrics.csv/jsonl, clients.csv, accuracy.png, loss.png, checkpoint.pt, model.pt, result.json)"
+        "(config.yaml, metrics.csv/jsonl, clients.csv, accuracy.png, loss.png, checkpoint.pt/.prev.pt/.json, model.pt, result.json)"
     )
     if result.get("mode") == "async":
         print(f"async: {result['updates']} client updates in {result['simulated_seconds']:.1f} simulated seconds; "
