@@ -213,6 +213,11 @@ class ClientMessage:
     def stack(messages: list["ClientMessage"]) -> "ClientMessage":
         """Stack M messages of one type into one with ``(M, ...)`` fields.
 
+        A tensor field whose M values are the consecutive rows of one contiguous tensor
+        (as the vectorised executor returns a round's messages) becomes a view of those
+        rows, not a copy; otherwise the values are copied. The result may therefore share
+        memory with the messages: treat it as read-only.
+
         Raises:
             ValueError: if ``messages`` is empty or mixes message types.
         """
@@ -225,7 +230,8 @@ class ClientMessage:
         for f in dataclasses.fields(kind):
             values = [getattr(m, f.name) for m in messages]
             if isinstance(values[0], Tensor):
-                out[f.name] = torch.stack(values)
+                rows = _consecutive_rows(values)
+                out[f.name] = torch.stack(values) if rows is None else rows
             else:
                 dtype = torch.float64 if isinstance(values[0], float) else torch.int64
                 out[f.name] = torch.tensor(values, dtype=dtype, device=messages[0].delta.device)
@@ -360,6 +366,21 @@ class ClientResult:
 
 
 _SCALAR_FIELDS = ("num_samples", "num_steps", "loss")
+
+
+def _consecutive_rows(values: list[Tensor]) -> Tensor | None:
+    """``torch.stack(values)`` as a view, when the M tensors are contiguous, alike (shape,
+    dtype, device) and lie one after another in one storage; else None."""
+    first = values[0]
+    n, offset = first.numel(), first.storage_offset()
+    if n == 0 or not first.is_contiguous():
+        return None
+    ptr = first.untyped_storage().data_ptr()
+    for i, v in enumerate(values):
+        if (v.storage_offset() != offset + i * n or v.untyped_storage().data_ptr() != ptr or v.shape != first.shape
+                or v.dtype != first.dtype or v.device != first.device or not v.is_contiguous()):
+            return None
+    return first.as_strided((len(values), *first.shape), (n, *first.stride()), offset)
 
 
 def _nbytes(t: Tensor) -> int:

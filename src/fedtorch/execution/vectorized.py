@@ -47,6 +47,7 @@ tolerance (about 1e-6 relative after 5 rounds of the W1 benchmark), not bit for 
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import warnings
 from typing import Callable, Sequence
@@ -133,12 +134,13 @@ class VectorizedExecutor(Executor):
         # finished clients are always its last rows (masking is a slice, not a gather).
         order = sorted(range(len(tasks)), key=lambda i: -tasks[i].ctx.num_steps)
         results: list[ClientResult | None] = [None] * len(tasks)
+        rows: dict[str, torch.Tensor] = {}  # per message tensor field, the round's (M, ...) rows in task order
         with intra_op_threads(self.threads), torch.no_grad():
             step = self.max_clients_per_step
             for start in range(0, len(order), step):
                 chunk = order[start : start + step]
                 trained = self._train_chunk(algorithm, bcast, [tasks[i] for i in chunk], [states[i] for i in chunk])
-                for i, result in zip(chunk, trained):
+                for i, result in zip(chunk, into_rows(rows, chunk, len(tasks), trained)):
                     results[i] = result
         return results  # type: ignore[return-value]
 
@@ -312,6 +314,26 @@ def saved_activation_bytes(replica: FlatModule, x: torch.Tensor, y: torch.Tensor
     with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         replica.loss_and_grad(x, y, loss_fn)
     return total
+
+
+def into_rows(rows: dict[str, torch.Tensor], chunk: Sequence[int], count: int, trained: list[ClientResult]) -> list[ClientResult]:
+    """``trained`` (one chunk's results) with message tensor field ``name`` of result j
+    copied (bit for bit) into row ``chunk[j]`` of ``rows[name]`` (``(count, ...)``, made at
+    the first chunk): a round's messages are then the rows of one tensor per field in task
+    order, which ``ClientMessage.stack`` returns uncopied, and each chunk's ``(C, P)``
+    outputs are freed when the chunk is done."""
+    out = []
+    for j, r in enumerate(trained):
+        fields = {}
+        for f in dataclasses.fields(r.message):
+            v = getattr(r.message, f.name)
+            if isinstance(v, torch.Tensor):
+                if f.name not in rows:
+                    rows[f.name] = v.new_empty((count, *v.shape))
+                rows[f.name][chunk[j]].copy_(v)
+                fields[f.name] = rows[f.name][chunk[j]]
+        out.append(dataclasses.replace(r, message=dataclasses.replace(r.message, **fields)))
+    return out
 
 
 def stacked_context(tasks: Sequence[ClientTask], device: torch.device) -> RoundContext:

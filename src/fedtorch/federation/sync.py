@@ -70,6 +70,12 @@ class RoundReport:
     client_eval: dict | None = None
 
 
+def finite_rows(delta: torch.Tensor, block: int = 64) -> torch.Tensor:
+    """``(M,)`` bool: which rows of ``delta`` (``(M, P)``) are all finite, ``block`` rows at a
+    time (``torch.isfinite`` of all M rows at once would make (M, P) temporaries)."""
+    return torch.cat([torch.isfinite(rows).all(dim=-1) for rows in delta.split(block)])
+
+
 def run_sync(
     algorithm,
     executor,
@@ -98,8 +104,9 @@ def run_sync(
         states = store.get_many(clients, lambda: algorithm.init_client(server.x))
         broadcast = algorithm.broadcast(server)
         results = executor.run(algorithm, broadcast, tasks, states)
+        states = None  # read states (a spilled store's buffer) freed before the new ones are stored
         messages = ClientMessage.stack([r.message for r in results])
-        valid = torch.isfinite(messages.delta).all(dim=-1) & torch.isfinite(messages.loss.to(messages.delta.device))
+        valid = finite_rows(messages.delta) & torch.isfinite(messages.loss.to(messages.delta.device))
         train_loss = float("nan")
         if valid.any():
             kept = messages if bool(valid.all()) else messages.select(valid)  # no (M, P) copy when all are valid
@@ -132,5 +139,7 @@ def run_sync(
         )
         if on_round is not None:
             on_round(server, report)
+        # the round's (M, P) messages and states go before the next round reads and trains
+        report = results = messages = kept = kept_results = None
     return server
 
