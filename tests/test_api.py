@@ -18,7 +18,7 @@ import yaml
 import fedtorch
 from fedtorch import api
 from fedtorch.cli import main
-from fedtorch.experiment.config import flat_defaults, key_meanings
+from fedtorch.experiment.config_keys import flat_defaults, key_meanings
 from fedtorch.experiment.progress import RoundProgress
 from helpers import final_model, metrics, run_cli, run_dirs
 

@@ -204,8 +204,42 @@ def load_result(prep: Prepared, run_dir: Path) -> RunResult:
     )
 
 
-def run(experiment: str | Path | Mapping, rounds: int | None = None, output_dir: str | Path | None = None,
-        **overrides: Any) -> RunResult:
+def plugin_overrides(model=None, dataset=None, partition=None, loss=None, algorithm=None) -> list[str]:
+    """The ``key=value`` overrides that make this run use the given plug-in objects
+    (:mod:`fedtorch.experiment.plugins`), each made resolvable in this process.
+
+    A string is taken as the key's value (a built-in name or a reference
+    ``package.module:Name``); an object is recorded as its ``module:qualname``, which a fresh
+    process (``fedtorch.resume``, ``fedtorch run --resume``) can import only when it is
+    defined at the top level of an importable module or file.
+
+    Raises:
+        ConfigError: an algorithm that is not a usable ``FedAlgorithm`` subclass.
+    """
+    from fedtorch.algorithms.registry import register_plugin
+    from fedtorch.experiment import plugins
+
+    out = []
+    for key, value in (("model.name", model), ("data.dataset", dataset), ("data.partition", partition),
+                       ("model.loss", loss)):
+        if value is None:
+            continue
+        out.append(override_text(key, value if isinstance(value, str) else plugins.provide(value)))
+    if algorithm is not None and not isinstance(algorithm, str):
+        cls = plugins.check_algorithm("algorithm", plugins.reference(algorithm), algorithm)
+        try:
+            register_plugin(cls)
+        except ValueError as e:
+            raise ConfigError(f"algorithm={plugins.reference(cls)!r}: {e}") from None
+        plugins.provide(cls)
+        algorithm = cls.name
+    if algorithm is not None:
+        out.append(override_text("algorithm.name", algorithm))
+    return out
+
+
+def run(experiment: str | Path | Mapping, rounds: int | None = None, output_dir: str | Path | None = None, *,
+        model=None, dataset=None, partition=None, loss=None, algorithm=None, **overrides: Any) -> RunResult:
     """Train an experiment, as ``fedtorch run`` does, and return its result.
 
     Args:
@@ -215,6 +249,12 @@ def run(experiment: str | Path | Mapping, rounds: int | None = None, output_dir:
             ``<output_dir>/``).
         rounds: sets ``rounds`` (T, communication rounds) when given.
         output_dir: sets ``output_dir`` when given.
+        model, dataset, partition, loss, algorithm: plug-ins (``docs/api.md`` "Your own
+            model, data and algorithm"): a model factory ``(input_shape, num_classes) ->
+            nn.Module``, a dataset callable ``() -> (train_x, train_y, test_x, test_y)``, a
+            partition ``(targets, num_clients, rng) -> {client: indices}``, a loss like
+            ``F.cross_entropy``, a ``FedAlgorithm`` subclass; or a reference string
+            ``package.module:Name`` (:func:`plugin_overrides`).
         **overrides: dotted keys with Python values, applied as the command line's
             ``key=value`` (:func:`override_text`): ``**{"client.lr": 0.05, "algorithm.name":
             "fedprox", "algorithm.mu": 0.01}``, ``seed=3``. A string holding a comma is
@@ -230,6 +270,7 @@ def run(experiment: str | Path | Mapping, rounds: int | None = None, output_dir:
     """
     named = [("rounds", rounds), ("output_dir", output_dir)]
     texts = [override_text(k, v) for k, v in named if v is not None]
+    texts += plugin_overrides(model, dataset, partition, loss, algorithm)
     texts += [override_text(k, v) for k, v in overrides.items()]
     cfg, folder = configure(experiment, texts)
     prep, run_dir = start(cfg, folder)

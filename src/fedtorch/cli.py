@@ -4,7 +4,7 @@
     fedtorch run --resume <run-dir>
     fedtorch --version
     fedtorch partition <experiment-folder> [key.sub=value ...] [--out DIR]
-    fedtorch algorithms
+    fedtorch algorithms [experiment-folder]
     fedtorch compare <experiment-folder> --algorithms a,b,c [key.sub=value ...] [--target 0.7]
     fedtorch reproduce <table> [--cells a,b] [--methods x,y] [--seeds N] [--rounds R] [--smoke] [--out DIR] [--jobs J]
 
@@ -27,7 +27,7 @@ from fedtorch.experiment.errors import ConfigError
 def _run_epilog(width: int = 110) -> str:
     import textwrap
 
-    from fedtorch.experiment.config import flat_defaults, key_meanings
+    from fedtorch.experiment.config_keys import flat_defaults, key_meanings
 
     lines = ["configuration keys (override with key.sub=value) with their defaults and meanings:"]
     meanings = key_meanings()  # the comments of fedtorch/experiment/schema.py
@@ -71,7 +71,8 @@ def _parser() -> argparse.ArgumentParser:
     part.add_argument("experiment", help="experiments/<DATASET>/<folder> holding config.py")
     part.add_argument("overrides", nargs="*", metavar="key.sub=value", help="overrides, as for `fedtorch run`")
     part.add_argument("--out", help="report folder (default <output_dir>/<DATASET>/<folder>/partition)")
-    sub.add_parser("algorithms", help="list algorithms with their hyper-parameters and papers")
+    alg = sub.add_parser("algorithms", help="list algorithms with their hyper-parameters and papers")
+    alg.add_argument("experiment", nargs="?", help="also list the algorithm classes this experiment's config.py defines")
     cmp = sub.add_parser(
         "compare", help="run several algorithms with the same seed, split and schedule; write a table and a plot",
         description="Run each algorithm on the experiment with the same seed, data split and schedule, and write "
@@ -199,13 +200,17 @@ def _cmd_partition(args) -> int:
     return 0
 
 
-def _cmd_algorithms() -> int:
+def _cmd_algorithms(experiment: str | None = None) -> int:
     from omegaconf import OmegaConf
 
     from fedtorch.algorithms import available_algorithms, get_algorithm
-    from fedtorch.experiment.config import resolve_server
+    from fedtorch.algorithms.registry import is_builtin
+    from fedtorch.experiment.config import load_experiment, resolve_server
+    from fedtorch.experiment.plugins import reference
     from fedtorch.experiment.schema import ServerConfig
 
+    if experiment is not None:
+        load_experiment(experiment)  # registers the algorithm classes of its config.py
     print("Hyper-parameters are set with algorithm.<name>=value, the server optimiser with server.<key>=value.\n")
     unset = OmegaConf.structured(ServerConfig)  # every server.* key null: the algorithm's defaults
     for name in available_algorithms():
@@ -215,8 +220,9 @@ def _cmd_algorithms() -> int:
         optimizer = server.pop("optimizer")
         server_text = ", ".join(f"{k}={v!r}" for k, v in server.items())
         aliases = f" (also: {', '.join(cls.aliases)})" if cls.aliases else ""
+        source = "" if is_builtin(cls) else f"\n  plug-in: {reference(cls)}"
         print(f"{name}{aliases}\n  algorithm: {hp}\n  server: {optimizer} {server_text}\n"
-              f"  client state: {cls.state_vectors} x P float32 per client\n  paper: {cls.paper}")
+              f"  client state: {cls.state_vectors} x P float32 per client\n  paper: {cls.paper}{source}")
     return 0
 
 
@@ -236,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_compare(args)
         if args.command == "reproduce":
             return _cmd_reproduce(args)
-        return _cmd_algorithms()
+        return _cmd_algorithms(args.experiment)
     except ConfigError as e:  # bad input, damaged or foreign run files (checkpoint.CheckpointError too)
         print(f"error: {e}", file=sys.stderr)
         return 2

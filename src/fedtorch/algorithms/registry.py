@@ -48,6 +48,32 @@ def register(cls: type) -> type:
     return cls
 
 
+def register_plugin(cls: type) -> type:
+    """Register a user's algorithm class (an experiment's ``config.py``, a dotted path, the
+    Python API's ``algorithm=``) under ``cls.name`` for this process.
+
+    It may replace an earlier user class of the same name (another experiment folder, a
+    reloaded ``config.py``) but never a built-in algorithm or alias.
+
+    Raises:
+        ValueError: the name or an alias is a built-in algorithm's.
+    """
+    for key in (cls.name.lower(), *(a.lower() for a in getattr(cls, "aliases", ()))):
+        owner = _ALIASES.get(key, key if key in _REGISTRY else None)
+        if owner is not None and is_builtin(_REGISTRY[owner]) and not _same_class(_REGISTRY[owner], cls):
+            raise ValueError(f"algorithm name {key!r} of {cls.__name__} is a built-in algorithm's ({owner!r}); "
+                             "give the class another name")
+    for key in [k for k, v in _ALIASES.items() if v == cls.name.lower()]:
+        del _ALIASES[key]
+    _REGISTRY.pop(cls.name.lower(), None)
+    return register(cls)
+
+
+def is_builtin(cls: type) -> bool:
+    """Whether ``cls`` ships with fedtorch (not a user's plug-in)."""
+    return cls.__module__.startswith("fedtorch.")
+
+
 def _same_class(a: type, b: type) -> bool:
     """The same class, or the same definition imported again (a module reload)."""
     return a is b or (a.__module__, a.__qualname__) == (b.__module__, b.__qualname__)

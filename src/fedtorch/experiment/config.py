@@ -11,7 +11,6 @@ Every failure is a :class:`ConfigError` naming the key, the value and what is al
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import math
 import re
 from pathlib import Path
@@ -22,12 +21,14 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from fedtorch.algorithms import available_algorithms, get_algorithm
+from fedtorch.algorithms.registry import is_builtin, register_plugin
 from fedtorch.algorithms.server_optimizers import SERVER_OPTIMIZERS, make_server_optimizer, server_optimizer_keys
 from fedtorch.data import DATASETS, PARTITIONERS
 from fedtorch.data.local_split import check_holdout
 from fedtorch.data.partition.common import check_at_least, check_dirichlet
 from fedtorch.execution import MODES, SlotError, parse_slots
 from fedtorch.execution.base import check_count
+from fedtorch.experiment import plugins
 from fedtorch.experiment.errors import ConfigError
 from fedtorch.experiment.schema import Config
 from fedtorch.federation.async_settings import check_async_times, check_clock, check_concurrency
@@ -90,15 +91,8 @@ def load_experiment(folder: str | Path) -> tuple[DictConfig, Path]:
     path = folder / "config.py"
     if not path.is_file():
         raise ConfigError(f"experiment folder {str(folder)!r} has no config.py (expected experiments/<DATASET>/<folder>/config.py)")
-    spec = importlib.util.spec_from_file_location(f"fedtorch_experiment_{abs(hash(str(path.resolve())))}", path)
-    module = importlib.util.module_from_spec(spec)
-    try:
-        spec.loader.exec_module(module)
-    except Exception as e:  # a user's file: report, do not crash
-        raise ConfigError(f"{path}: cannot load ({type(e).__name__}: {e})") from None
-    raw = getattr(module, "CONFIG", None)
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: must define a dict named CONFIG")
+    raw, refs = plugins.experiment_plugins(path)  # CONFIG; MODEL, DATASET, ... ; algorithm classes registered
+    raw = _with_plugins(raw, refs, folder.resolve(), path)
     cfg = from_dict(raw, where=str(path))
     parsed = parse_folder_name(folder.resolve().name)
     if parsed is not None:
@@ -110,6 +104,26 @@ def load_experiment(folder: str | Path) -> tuple[DictConfig, Path]:
                 f"folder name {folder.name!r} says {clients} clients but CONFIG has data.num_clients={cfg.data.num_clients}"
             )
     return cfg, folder
+
+
+def _with_plugins(raw: dict, refs: dict[str, str], folder: Path, path: Path) -> dict:
+    """CONFIG with each plug-in ``config.py`` defines set as the reference of its key (where
+    CONFIG does not set that key itself), and relative ``file.py:Name`` references made
+    absolute (relative to the experiment folder)."""
+    raw = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
+    for key in (*PLUGIN_KEYS, *refs):
+        section, sub = key.split(".")
+        value = raw.get(section, {}).get(sub) if isinstance(raw.get(section), dict) else None
+        if value is None and key in refs:
+            raw.setdefault(section, {})[sub] = refs[key]
+        elif plugins.is_reference(value):
+            target, _, attr = value.rpartition(":")
+            if target.endswith(".py") and not Path(target).is_absolute():
+                raw[section][sub] = f"{(folder / target).resolve()}:{attr}"
+    return raw
+
+
+PLUGIN_KEYS = ("model.name", "data.dataset", "data.partition", "model.loss", "algorithm.name")
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -172,12 +186,10 @@ def algorithm_hparams(cfg: DictConfig):
     """
     section = dict(cfg.algorithm)
     name = section.pop("name", None)
+    source = section.pop("source", None)
     if not isinstance(name, str):
         raise ConfigError(f"algorithm.name must be a string; available: {', '.join(available_algorithms())}")
-    try:
-        cls = get_algorithm(name)
-    except KeyError:
-        raise ConfigError(f"algorithm.name: unknown algorithm {name!r}; available: {', '.join(available_algorithms())}") from None
+    cls = _algorithm_class(name, source)
     allowed = {f.name: f for f in dataclasses.fields(cls.Hparams)}
     for key in section:
         if key not in allowed:
@@ -193,9 +205,54 @@ def algorithm_hparams(cfg: DictConfig):
         raise ConfigError(str(e)) from None
 
 
+def _algorithm_class(name: str, source: str | None) -> type:
+    """The class of ``algorithm.name`` (a registered name or a plug-in reference) and
+    ``algorithm.source`` (the reference of a plug-in, written by :func:`validate`)."""
+    if plugins.is_reference(name):
+        source, key = name, "algorithm.name"
+    elif source is not None:
+        key = "algorithm.source"
+        try:  # registered in this process (config.py, fedtorch.run(algorithm=...)): no import needed
+            known = get_algorithm(name)
+            if plugins.reference(known) == source:
+                return known
+        except KeyError:
+            pass
+    else:
+        try:
+            return get_algorithm(name)
+        except KeyError:
+            raise ConfigError(f"algorithm.name: unknown algorithm {name!r}; available: {', '.join(available_algorithms())} "
+                              "(or a plug-in: package.module:Class)") from None
+    if not isinstance(source, str):
+        raise ConfigError(f"algorithm.source={source!r} must be a plug-in reference package.module:Class")
+    cls = plugins.check_algorithm(key, source, plugins.resolve(key, source))
+    if key == "algorithm.source" and cls.name.lower() != name.lower():
+        raise ConfigError(f"algorithm.source={source!r} is algorithm {cls.name!r}, not algorithm.name={name!r}")
+    try:
+        register_plugin(cls)
+    except ValueError as e:
+        raise ConfigError(f"{key}={source!r}: {e}") from None
+    return cls
+
+
+def algorithm_entry(cls: type) -> dict[str, str]:
+    """``{"name": ...}`` of a resolved config's algorithm section, plus ``"source"`` (the
+    reference :func:`algorithm_hparams` imports it from in a fresh process) for a plug-in."""
+    return {"name": cls.name} if is_builtin(cls) else {"name": cls.name, "source": plugins.reference(cls)}
+
+
 def _choice(key: str, value: Any, allowed) -> None:
     if value not in allowed:
         raise ConfigError(f"{key}: unknown value {value!r}; allowed: {', '.join(sorted(allowed))}")
+
+
+def _choice_or_plugin(key: str, value: Any, allowed, nargs: int, rule: str) -> None:
+    """A built-in name, or a plug-in reference to a callable taking ``nargs`` arguments."""
+    if plugins.is_reference(value):
+        plugins.callable_plugin(key, value, nargs, rule)
+    else:
+        _choice(key, value, allowed)
 
 
 def _require(ok: bool, key: str, value: Any, rule: str) -> None:
@@ -223,9 +280,10 @@ def validate(cfg: DictConfig) -> DictConfig:
         ConfigError: the first bad value found.
     """
     d, c, f = cfg.data, cfg.client, cfg.federation
-    _choice("data.dataset", d.dataset, DATASETS)
-    _choice("data.partition", d.partition, PARTITIONERS)
-    _choice("model.name", cfg.model.name, MODELS)
+    _choice_or_plugin("data.dataset", d.dataset, DATASETS, 0, plugins.DATASET_RULE)
+    _choice_or_plugin("data.partition", d.partition, PARTITIONERS, 3, plugins.PARTITION_RULE)
+    _choice_or_plugin("model.name", cfg.model.name, MODELS, 2, plugins.MODEL_RULE)
+    plugins.loss_function(cfg.model.loss)
     _choice("execution.mode", cfg.execution.mode, MODES)
     _validate_federation(cfg)  # mode, async clock and delays, stragglers, early stopping
     _rule(check_weighting, f.weighting)
@@ -239,6 +297,8 @@ def validate(cfg: DictConfig) -> DictConfig:
     for key in ("size_sigma", "noise_sigma", "synthetic_alpha", "synthetic_beta"):
         _rule(check_at_least, key, d[key], 0, True)
     if d.partition == "natural":
+        _require(not plugins.is_reference(d.dataset), "data.partition", d.partition,
+                 "a plug-in dataset has no users of its own; use a partitioner (or a plug-in one)")
         with_users = sorted(name for name, spec in DATASETS.items() if spec.users)
         _require(DATASETS[d.dataset].users, "data.partition", d.partition,
                  f"dataset {d.dataset!r} has no users of its own; natural needs one of {', '.join(with_users)}")
@@ -273,7 +333,7 @@ def validate(cfg: DictConfig) -> DictConfig:
     cls, hp = algorithm_hparams(cfg)
     server = resolve_server(cfg.server, cls)
     cfg = cfg.copy()
-    cfg.algorithm = {"name": cls.name, **dataclasses.asdict(hp)}
+    cfg.algorithm = {**algorithm_entry(cls), **dataclasses.asdict(hp)}
     for key in cfg.server:
         cfg.server[key] = server.get(key)
     return cfg
@@ -342,21 +402,6 @@ def clients_per_round(cfg: DictConfig) -> int:
     return f.clients_per_round
 
 
-def flat_defaults() -> list[tuple[str, Any]]:
-    """``[(dotted key, default)]`` for ``fedtorch run --help``."""
-    out: list[tuple[str, Any]] = []
-
-    def walk(node: Any, prefix: str) -> None:
-        for k, v in node.items():
-            if isinstance(v, dict) and k != "algorithm":
-                walk(v, f"{prefix}{k}.")
-            else:
-                out.append((f"{prefix}{k}", v))
-
-    walk(OmegaConf.to_container(defaults()), "")
-    return out
-
-
 def _validate_federation(cfg: DictConfig) -> None:
     """``federation.*`` (sync or async), ``delays.*``, ``stragglers.*`` and the client options
     that depend on the mode (``client.early_stopping``, ``client.lr_delay_alpha``). The
@@ -397,42 +442,3 @@ def delay_model(cfg: DictConfig) -> DelayModel:
         return DelayModel(model=d.model, mean=d.mean, max=d.max, sigma=d.sigma, step_seconds=d.step_seconds, trace=trace)
     except DelayError as e:
         raise ConfigError(str(e)) from None
-
-
-def key_meanings() -> dict[str, str]:
-    """``{dotted key: meaning}`` for every key of :func:`flat_defaults`, read from the
-    trailing ``# ...`` comment of each field in :mod:`fedtorch.experiment.schema` (the one
-    place a key's meaning is written; ``fedtorch run --help`` shows it beside the default).
-    A field without a comment maps to ``""``."""
-    import inspect
-    import io
-    import tokenize
-    import typing
-
-    from fedtorch.experiment import schema
-
-    def comments(cls: type) -> dict[str, str]:
-        # field name -> the comment ending its line: a logical line `name: type = default  # text`
-        out, line = {}, []
-        for tok in tokenize.generate_tokens(io.StringIO(inspect.getsource(cls)).readline):
-            if tok.type in (tokenize.NEWLINE, tokenize.NL):
-                names = [t for t in line if t.type != tokenize.COMMENT]
-                if len(names) > 2 and names[0].type == tokenize.NAME and names[1].string == ":" and line[-1].type == tokenize.COMMENT:
-                    out[names[0].string] = line[-1].string.lstrip("#").strip()
-                line = []
-            elif tok.type not in (tokenize.INDENT, tokenize.DEDENT):
-                line.append(tok)
-        return out
-
-    meanings: dict[str, str] = {}
-
-    def walk(cls: type, prefix: str) -> None:
-        text, hints = comments(cls), typing.get_type_hints(cls, vars(schema))
-        for f in dataclasses.fields(cls):
-            if dataclasses.is_dataclass(hints[f.name]):
-                walk(hints[f.name], f"{prefix}{f.name}.")
-            else:
-                meanings[f"{prefix}{f.name}"] = text.get(f.name, "")
-
-    walk(Config, "")
-    return meanings

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -29,6 +28,7 @@ from fedtorch.data import DataFileError, FederatedData, PartitionError, load_spl
 from fedtorch.data.federated import ClientIndices, mean_steps_per_round
 from fedtorch.data.local_split import split_holdout
 from fedtorch.execution import build_executor
+from fedtorch.experiment import plugins
 from fedtorch.experiment.atomic import write_text
 from fedtorch.experiment.checkpoint import CHECKPOINT_NAME, PREV_CHECKPOINT_NAME, read_checkpoint, save_checkpoint, save_model
 from fedtorch.experiment.config import algorithm_hparams, clients_per_round, local_work, server_hparams
@@ -69,9 +69,15 @@ class Prepared:
 def prepare(cfg: DictConfig) -> Prepared:
     """Load and split the data and build model, algorithm and executor.
 
+    Plug-ins (:mod:`fedtorch.experiment.plugins`) are resolved here too: a user's dataset
+    and partition by :func:`~fedtorch.data.load_split`, a user's model by ``build_model``
+    (then one forward pass of two training samples checks its ``(batch, num_classes)``
+    output), the loss from ``model.loss``.
+
     Raises:
         ConfigError: missing/corrupt data files, more clients than samples, an
-            impossible partition, a model that does not fit the data, an absent device.
+            impossible partition, a model that does not fit the data, an absent device,
+            a plug-in that cannot be imported or breaks its contract.
     """
     if cfg.execution.device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"execution.device={cfg.execution.device!r} but no CUDA device is available; use cpu")
@@ -92,9 +98,17 @@ def prepare(cfg: DictConfig) -> Prepared:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(cfg.seed, "model_init"))
         try:
-            x0 = FlatModule(model_factory()).params.detach().clone()
+            model = model_factory()
+            if plugins.is_reference(cfg.model.name):
+                plugins.check_module(cfg.model.name, model)
+            x0 = FlatModule(model).params.detach().clone()
+        except ConfigError:
+            raise
         except ValueError as e:
             raise ConfigError(f"model.name={cfg.model.name!r}: {e}") from None
+    if plugins.is_reference(cfg.model.name):  # a user's model (a fresh copy): logits must be (batch, num_classes)
+        plugins.check_model(cfg.model.name, model_factory(), ds.train_x[: min(2, len(ds.train_x))], ds.num_classes)
+    loss = plugins.loss_function(cfg.model.loss)
     cls, hp = algorithm_hparams(cfg)
     optimizer, server_hp = server_hparams(cfg)
     algorithm = cls(
@@ -110,7 +124,7 @@ def prepare(cfg: DictConfig) -> Prepared:
     )
     e = cfg.execution
     executor = build_executor(
-        e.mode, model_factory, ds.train_x, ds.train_y, cfg.client.batch_size, F.cross_entropy, e.device,
+        e.mode, model_factory, ds.train_x, ds.train_y, cfg.client.batch_size, loss, e.device,
         devices=None if e.devices is None else list(e.devices), threads=e.threads,
         max_clients_per_step=e.max_clients_per_step,
     )

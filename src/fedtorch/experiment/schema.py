@@ -36,7 +36,8 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = "cnn"  # a key of fedtorch.models.MODELS (README "What is in it")
+    name: str = "cnn"  # a key of fedtorch.models.MODELS (README "What is in it"), or a plug-in package.module:Name / file.py:Name
+    loss: str = "cross_entropy"  # the loss clients minimise and the test loss reports: cross_entropy, or a plug-in package.module:fn / config.py's LOSS
 
 
 @dataclass

@@ -29,12 +29,19 @@ MODELS: dict[str, Callable[[tuple[int, ...], int], nn.Module]] = {
 
 
 def build_model(name: str, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
-    """Instantiate model ``name``.
+    """Instantiate model ``name``: a key of :data:`MODELS`, or a plug-in reference
+    ``package.module:Factory`` / ``path/file.py:Factory`` to a user's
+    ``(input_shape, num_classes) -> nn.Module`` (:mod:`fedtorch.experiment.plugins`).
 
     Raises:
         KeyError: unknown name (message lists the known ones).
-        ValueError: the model does not fit the input shape.
+        ValueError: the model does not fit the input shape; for a plug-in, a
+            ``ConfigError`` (a ValueError) when it cannot be imported or called.
     """
+    if ":" in name:
+        from fedtorch.experiment.plugins import model_factory  # user code: resolved only when named
+
+        return model_factory(name)(input_shape, num_classes)
     if name not in MODELS:
         raise KeyError(f"unknown model {name!r}; available: {', '.join(sorted(MODELS))}")
     return MODELS[name](input_shape, num_classes)

@@ -88,7 +88,9 @@ def split_dataset(
 
     Args:
         ds: the dataset.
-        partition: a key of :data:`PARTITIONERS`.
+        partition: a key of :data:`PARTITIONERS`, or a plug-in reference to a user's
+            ``(targets, num_clients, rng) -> {client: indices}`` with ``rng =
+            numpy.random.default_rng(seed)`` (:func:`fedtorch.experiment.plugins.partition`).
         num_clients: N.
         seed: ``data.seed``.
         options: the ``data`` config section (or any mapping): the partitioner takes the
@@ -101,7 +103,12 @@ def split_dataset(
     Raises:
         KeyError: unknown partitioner (message lists the known ones).
         PartitionError: the split is impossible, or some client would get no sample.
+        ConfigError: a plug-in partition that cannot be called or gives a bad split.
     """
+    if ":" in partition:
+        from fedtorch.experiment.plugins import partition as plugin_partition  # user code: only when named
+
+        return ds, plugin_partition(partition, ds.train_y.numpy(), num_clients, seed)
     if partition not in PARTITIONERS:
         raise KeyError(f"unknown partitioner {partition!r}; available: {', '.join(sorted(PARTITIONERS))}")
     spec, options = PARTITIONERS[partition], options or {}
