@@ -16,7 +16,7 @@ import dataclasses
 import pytest
 
 from fedtorch.algorithms import server_optimizers as so
-from fedtorch.algorithms.registry import available_algorithms, get_algorithm
+from fedtorch.algorithms.registry import builtin_algorithms, get_algorithm
 
 STALENESS_RULE = "use one of constant, hinge, polynomial"
 
@@ -78,7 +78,7 @@ def _ids(table):
 def test_the_tables_cover_every_key():
     """A new key (or algorithm) without a row here makes this fail: add its range above
     (switches, True / False, have no range)."""
-    want = {(n, f.name) for n in available_algorithms()
+    want = {(n, f.name) for n in builtin_algorithms()
             for f in dataclasses.fields(get_algorithm(n).Hparams) if not isinstance(f.default, bool)}
     assert want == {(n, k) for n, k, *_ in ALGORITHM_RANGES}
     want = {(n, f.name) for n, cls in so.SERVER_OPTIMIZERS.items() for f in dataclasses.fields(cls)}

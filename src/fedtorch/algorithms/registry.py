@@ -98,5 +98,11 @@ def get_algorithm(name: str) -> type:
 
 
 def available_algorithms() -> list[str]:
-    """Sorted names of all registered algorithms."""
+    """Sorted names of all registered algorithms (the user plug-ins registered in this
+    process included)."""
     return sorted(_REGISTRY)
+
+
+def builtin_algorithms() -> list[str]:
+    """Sorted names of the algorithms fedtorch ships (:func:`is_builtin`)."""
+    return sorted(n for n, cls in _REGISTRY.items() if is_builtin(cls))
