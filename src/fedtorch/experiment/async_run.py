@@ -90,6 +90,8 @@ def run_async_loop(prep, run_dir: Path, resume: bool = False, on_row: Callable[[
             progress.update(row)
             if on_row is not None:
                 on_row(row)
+        if row is None and report.record.applied:
+            return  # a buffered arrival: the model and the non-finite share are unchanged, nothing to judge
         losses = [row["train_loss"], row["test_loss"]] if row is not None else []
         full = len(recent) == recent.maxlen  # judge a share of a whole window, not of the first arrival
         reason = divergence(state.x, sum(recent), len(recent) if full else 0, losses, cfg.eval)

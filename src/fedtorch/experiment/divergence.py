@@ -61,5 +61,6 @@ def divergence(x: torch.Tensor, nonfinite: int, updates: int, losses: list[float
 
 
 def hint(cfg) -> str:
-    """The likely key to change, with its value."""
+    """The likely key to change, with its value, for the user's message (``cfg``: the run's
+    validated config)."""
     return f"the learning rate is the likely cause: lower client.lr (now {cfg.client.lr})"
