@@ -162,7 +162,7 @@ class _Engine:
     def __init__(self, prep: Prepared, executor):
         self.prep, self.executor = prep, executor
         self.description = executor.description
-        self.server = prep.algorithm.init_server(prep.x0)
+        self.server = prep.initial_server()
         self.store = ClientStateStore()
 
     def round(self, t: int) -> float:

@@ -45,7 +45,7 @@ def main() -> None:
     ds, c = prep.data.data, cfg.client
     plain_model = build_model(cfg.model.name, ds.input_shape, ds.num_classes)
     ParamLayout.of(plain_model).load(plain_model, prep.x0)  # x0 is in fedtorch's flat layout
-    server, store = prep.algorithm.init_server(prep.x0), ClientStateStore()
+    server, store = prep.initial_server(), ClientStateStore()
 
     plain_t, fed_t = [], []
     for r in range(args.repeats):

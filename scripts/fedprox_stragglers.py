@@ -54,11 +54,11 @@ def run_one(base, overrides: list[str], eval_every: int) -> tuple[list[tuple[int
     cfg = validate(apply_overrides(base, [*overrides, f"eval.every={eval_every}"]))
     prep = prepare(cfg)
     data = prep.data.data
-    server = prep.algorithm.init_server(prep.x0)
+    server = prep.initial_server()
     curve = [(0, prep.executor.evaluate(server.x, data.train_x, data.train_y)[0])]
 
-    def train_loss(x):  # the paper's curve: the global model on all training data
-        return prep.executor.evaluate(x, data.train_x, data.train_y)
+    def train_loss(x, buffers=None):  # the paper's curve: the global model on all training data
+        return prep.executor.evaluate(x, data.train_x, data.train_y, buffers)
 
     def on_round(state, report):
         if report.test_loss is not None:

@@ -62,7 +62,7 @@ def run_both(make_algorithm, rounds=4, weighting="samples"):
         alg = make_algorithm()
         store, evaluated, steps = ClientStateStore(), [], {}
 
-        def evaluate(x):
+        def evaluate(x, buffers=None):
             evaluated.append(x.clone())
             return 0.0, 0.0
 

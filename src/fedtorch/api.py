@@ -28,7 +28,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from fedtorch.experiment.checkpoint import CHECKPOINT_NAME, MODEL_NAME, PREV_CHECKPOINT_NAME, read_checkpoint
+from fedtorch.experiment.checkpoint import CHECKPOINT_NAME, MODEL_NAME, PREV_CHECKPOINT_NAME, model_state, read_checkpoint
 from fedtorch.experiment.config import apply_overrides, from_dict, load_experiment, parse_override, validate
 from fedtorch.experiment.errors import ConfigError
 from fedtorch.experiment.logfiles import read_jsonl
@@ -191,13 +191,14 @@ def load_result(prep: Prepared, run_dir: Path) -> RunResult:
     cfg = prep.cfg
     ds = prep.data.data
     model = build_model(cfg.model.name, ds.input_shape, ds.num_classes)
-    layout = prep.executor.replica.layout
+    replica = prep.executor.replica
     if (run_dir / MODEL_NAME).is_file():
         model.load_state_dict(torch.load(run_dir / MODEL_NAME, weights_only=True))
     elif any((run_dir / name).is_file() for name in (CHECKPOINT_NAME, PREV_CHECKPOINT_NAME)):
-        layout.load(model, read_checkpoint(run_dir, layout).server.x)  # diverged: the last good round's model
+        last = read_checkpoint(run_dir, replica.layout).server  # diverged: the last good round's model
+        model.load_state_dict(model_state(replica, last.x, last.buffers))
     else:  # diverged in round 1, before any checkpoint: the initial model
-        layout.load(model, prep.x0.cpu())
+        model.load_state_dict(model_state(replica, prep.x0, prep.buffers0))
     return RunResult(
         metrics=read_jsonl(run_dir / "metrics.jsonl"), model=model.eval(), run_dir=run_dir,
         config=OmegaConf.to_container(cfg, resolve=True), result=result, status=result.get("status", "completed"),
@@ -209,16 +210,21 @@ def plugin_overrides(model=None, dataset=None, partition=None, loss=None, algori
     (:mod:`fedtorch.experiment.plugins`), each made resolvable in this process.
 
     A string is taken as the key's value (a built-in name or a reference
-    ``package.module:Name``); an object is recorded as its ``module:qualname``, which a fresh
+    ``package.module:Name``); a ``dataset`` pair ``(train_dataset, test_dataset)`` becomes the
+    callable :func:`~fedtorch.experiment.dataset_plugins.dataset_pair` returning it; an object is
+    recorded as its ``module:qualname``, which a fresh
     process (``fedtorch.resume``, ``fedtorch run --resume``) can import only when it is
     defined at the top level of an importable module or file.
 
     Raises:
-        ConfigError: an algorithm that is not a usable ``FedAlgorithm`` subclass.
+        ConfigError: an algorithm that is not a usable ``FedAlgorithm`` subclass; a
+            ``dataset`` tuple or list that is not two dataset objects.
     """
     from fedtorch.algorithms.registry import register_plugin
-    from fedtorch.experiment import plugins
+    from fedtorch.experiment import dataset_plugins, plugins
 
+    if isinstance(dataset, (tuple, list)):
+        dataset = dataset_plugins.dataset_pair(dataset)
     out = []
     for key, value in (("model.name", model), ("data.dataset", dataset), ("data.partition", partition),
                        ("model.loss", loss)):
@@ -251,7 +257,8 @@ def run(experiment: str | Path | Mapping, rounds: int | None = None, output_dir:
         output_dir: sets ``output_dir`` when given.
         model, dataset, partition, loss, algorithm: plug-ins (``docs/api.md`` "Your own
             model, data and algorithm"): a model factory ``(input_shape, num_classes) ->
-            nn.Module``, a dataset callable ``() -> (train_x, train_y, test_x, test_y)``, a
+            nn.Module``, a dataset callable ``() -> (train_x, train_y, test_x, test_y)`` or
+            ``() -> (train_dataset, test_dataset)`` or that pair of datasets itself, a
             partition ``(targets, num_clients, rng) -> {client: indices}``, a loss like
             ``F.cross_entropy``, a ``FedAlgorithm`` subclass; or a reference string
             ``package.module:Name`` (:func:`plugin_overrides`).

@@ -14,6 +14,18 @@ The order of elements in a flat vector is therefore a property of its
 :class:`ParamLayout`; use :meth:`ParamLayout.unflatten`, :meth:`ParamLayout.flatten`
 and :meth:`ParamLayout.load` to move between flat vectors and modules, never
 ``torch.nn.utils.vector_to_parameters``.
+
+Buffers (BatchNorm's running statistics and ``num_batches_tracked``) cross boundaries as a
+second flat vector with its own layout (``ParamLayout.of(module, buffers=True)``): the
+module's persistent buffers (those in its ``state_dict``), in ``named_buffers()`` order, all
+in the parameters' float dtype (an integer counter such as ``num_batches_tracked`` is exact
+there up to 2^24 in float32; :meth:`ParamLayout.load` rounds it back). Inside a replica they
+stay the module's own tensors (:meth:`FlatModule.read_buffers` / :meth:`FlatModule.load_buffers`
+copy them out and in): views of one flat tensor would share one autograd version counter, so
+BatchNorm's in-place update of one layer's statistics would invalidate the statistics another
+layer saved for backward. They are not parameters: no algorithm sees them; the federation loop
+averages them or keeps them per client (:mod:`fedtorch.federation.model_buffers`).
+Non-persistent buffers (constants a module rebuilds itself) stay in each replica.
 """
 
 from __future__ import annotations
@@ -35,6 +47,8 @@ class ParamLayout:
         numel: P, the total number of elements.
         channels_last: per parameter, whether its elements are stored in channels-last
             order (``(O, kh, kw, I)`` for an ``(O, I, kh, kw)`` convolution weight).
+        buffers: whether this is the layout of the module's persistent buffers rather
+            than of its parameters.
     """
 
     names: tuple[str, ...]
@@ -42,24 +56,26 @@ class ParamLayout:
     offsets: tuple[int, ...]
     numel: int
     channels_last: tuple[bool, ...] = ()
+    buffers: bool = False
 
     def __post_init__(self):
         if not self.channels_last:  # a layout built without one stores everything in order
             object.__setattr__(self, "channels_last", (False,) * len(self.names))
 
     @staticmethod
-    def of(module: nn.Module, channels_last: bool = True) -> "ParamLayout":
+    def of(module: nn.Module, channels_last: bool = True, buffers: bool = False) -> "ParamLayout":
         """The layout of ``module``'s parameters; with ``channels_last``, the weights of
-        its ``nn.Conv2d`` layers are stored channels-last."""
+        its ``nn.Conv2d`` layers are stored channels-last. With ``buffers``, the layout of
+        its persistent buffers instead (stored in order; see the module docstring)."""
         conv = {id(m.weight) for m in module.modules() if isinstance(m, nn.Conv2d)} if channels_last else set()
         names, shapes, offsets, order, off = [], [], [], [], 0
-        for name, p in module.named_parameters():
+        for name, p in _named(module, buffers):
             names.append(name)
             shapes.append(p.shape)
             offsets.append(off)
             order.append(id(p) in conv)
             off += p.numel()
-        return ParamLayout(tuple(names), tuple(shapes), tuple(offsets), off, tuple(order))
+        return ParamLayout(tuple(names), tuple(shapes), tuple(offsets), off, tuple(order), buffers)
 
     def unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
         """Views of ``flat`` (shape ``(..., P)``) as named tensors (``(..., *shape)``;
@@ -68,7 +84,7 @@ class ParamLayout:
         views = {}
         for n, s, o, cl in zip(self.names, self.shapes, self.offsets, self.channels_last):
             chunk = flat[..., o : o + s.numel()]
-            views[n] = chunk.view(*lead, s[0], *s[2:], s[1]).movedim(-1, len(lead) + 1) if cl else chunk.view(*lead, *s)
+            views[n] = chunk.view(*lead, s[0], *s[2:], s[1]).movedim(-1, len(lead) + 1) if cl else chunk.view((*lead, *s))
         return views
 
     def cat(self, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -82,11 +98,15 @@ class ParamLayout:
         return torch.cat(parts, dim=-1)
 
     def flatten(self, module: nn.Module) -> torch.Tensor:
-        """A new ``(P,)`` vector holding ``module``'s parameters in this layout."""
-        return self.cat({name: p.detach() for name, p in module.named_parameters()})
+        """A new ``(P,)`` vector holding ``module``'s parameters (or buffers) in this layout."""
+        first = next(module.parameters())
+        if not self.names:
+            return first.new_empty(0).detach()
+        return self.cat({name: p.detach().to(first.dtype) for name, p in _named(module, self.buffers)})
 
     def load(self, module: nn.Module, flat: torch.Tensor) -> None:
-        """Copy the ``(P,)`` vector ``flat`` (this layout) into ``module``'s parameters.
+        """Copy the ``(P,)`` vector ``flat`` (this layout) into ``module``'s parameters (or
+        buffers; an integer buffer gets the rounded value).
 
         Raises:
             KeyError: ``module`` has a parameter this layout does not name.
@@ -94,12 +114,31 @@ class ParamLayout:
         """
         views = self.unflatten(flat)
         with torch.no_grad():
-            for name, p in module.named_parameters():
-                p.copy_(views[name])
+            for name, p in _named(module, self.buffers):
+                v = views[name]
+                p.copy_(v if p.is_floating_point() else v.round())
+
+    def state_dict(self, flat: torch.Tensor, like: nn.Module) -> dict[str, torch.Tensor]:
+        """Named CPU tensors of ``flat`` (this layout) with ``like``'s dtypes (integer
+        buffers rounded): a plain ``state_dict`` part."""
+        dtypes = {name: t.dtype for name, t in _named(like, self.buffers)}
+        out = {}
+        for name, t in self.unflatten(flat).items():
+            t = t.detach().cpu()
+            out[name] = (t if dtypes[name].is_floating_point else t.round()).to(dtypes[name]).contiguous().clone()
+        return out
 
     def nbytes(self, dtype: torch.dtype = torch.float32) -> int:
         """Bytes of one flat vector of this layout in ``dtype``."""
         return self.numel * torch.empty((), dtype=dtype).element_size()
+
+
+def _named(module: nn.Module, buffers: bool):
+    """``module.named_parameters()``, or its persistent buffers (those ``state_dict`` holds)."""
+    if not buffers:
+        return module.named_parameters()
+    persistent = set(module.state_dict(keep_vars=True))
+    return [(n, b) for n, b in module.named_buffers() if n in persistent]
 
 
 class FlatModule:
@@ -107,7 +146,9 @@ class FlatModule:
 
     Attributes:
         module: the wrapped ``nn.Module`` (its parameters are views of ``params``).
-        layout: the :class:`ParamLayout`.
+        layout: the parameters' :class:`ParamLayout`.
+        buffer_layout: the persistent buffers' :class:`ParamLayout` (``numel`` Q, 0 for a
+            model without; see the module docstring).
         params: ``(P,)`` float32 tensor; writing to it changes the module's weights.
         grad: ``(P,)`` float32 tensor; ``backward()`` accumulates gradients into it.
 
@@ -115,21 +156,12 @@ class FlatModule:
         module: the model; its current weights become :attr:`params`.
         channels_last: store convolution weights channels-last (see the module
             docstring); every replica of one model must use the same setting.
-
-    Raises:
-        ValueError: if the module has floating-point buffers (e.g. BatchNorm running
-            statistics), which a flat parameter vector does not carry; use GroupNorm.
     """
 
     def __init__(self, module: nn.Module, channels_last: bool = True):
-        float_buffers = [n for n, b in module.named_buffers() if b.is_floating_point()]
-        if float_buffers:
-            raise ValueError(
-                f"model has floating-point buffers {float_buffers}; fedtorch federates "
-                "parameters only, use a buffer-free normalisation such as GroupNorm"
-            )
         self.module = module
         self.layout = ParamLayout.of(module, channels_last)
+        self.buffer_layout = ParamLayout.of(module, buffers=True)
         first = next(module.parameters())
         self.params = torch.empty(self.layout.numel, dtype=first.dtype, device=first.device)
         self.grad = torch.zeros_like(self.params)
@@ -139,6 +171,19 @@ class FlatModule:
             views[name].copy_(p.detach())
             p.data = views[name]
             p.grad = grads[name]
+
+    @property
+    def has_buffers(self) -> bool:
+        """Whether the module has persistent buffers (Q > 0)."""
+        return self.buffer_layout.numel > 0
+
+    def read_buffers(self) -> torch.Tensor:
+        """A new ``(Q,)`` vector (the parameters' dtype) of the module's buffers now."""
+        return self.buffer_layout.flatten(self.module)
+
+    def load_buffers(self, flat: torch.Tensor) -> None:
+        """Copy the ``(Q,)`` vector ``flat`` into the module's buffers (integers rounded)."""
+        self.buffer_layout.load(self.module, flat)
 
     def loss_and_grad(
         self, inputs: torch.Tensor, targets: torch.Tensor, loss_fn

@@ -157,15 +157,19 @@ class Broadcast:
     Attributes:
         x: ``(P,)`` global model x^t.
         extra: named flat tensors (e.g. SCAFFOLD's server control variate ``c``).
+        buffers: ``(Q,)`` the global model's buffers (BatchNorm statistics), set by the
+            federation loop, not by the algorithm; None for a model without buffers.
     """
 
     x: Tensor
     extra: State = field(default_factory=dict)
+    buffers: Tensor | None = None
 
     @property
     def nbytes(self) -> int:
         """Bytes sent to one client."""
-        return _nbytes(self.x) + sum(_nbytes(t) for t in self.extra.values())
+        extra = sum(_nbytes(t) for t in self.extra.values())
+        return _nbytes(self.x) + extra + (0 if self.buffers is None else _nbytes(self.buffers))
 
 
 @dataclass(frozen=True)
@@ -177,12 +181,16 @@ class ServerState:
         opt: server-optimiser state (e.g. momentum ``v``), named flat tensors.
         extra: algorithm state (e.g. SCAFFOLD's ``c``), named flat tensors.
         round: number of completed rounds (server updates).
+        buffers: ``(Q,)`` the global model's buffers (BatchNorm statistics), kept by the
+            federation loop (:mod:`fedtorch.federation.model_buffers`); None for a model
+            without buffers. An algorithm's ``server.replace(...)`` carries it along.
     """
 
     x: Tensor
     opt: State = field(default_factory=dict)
     extra: State = field(default_factory=dict)
     round: int = 0
+    buffers: Tensor | None = None
 
     def replace(self, **changes) -> "ServerState":
         return dataclasses.replace(self, **changes)
@@ -342,10 +350,13 @@ class ClientTask:
     Attributes:
         ctx: the :class:`RoundContext`.
         indices: ``(n_i,)`` int64 indices of the client's samples in the training tensors.
+        buffers: ``(Q,)`` the client's own model buffers to start from
+            (``model.local_buffers``); None: the broadcast's.
     """
 
     ctx: RoundContext
     indices: Tensor
+    buffers: Tensor | None = None
 
 
 @dataclass
@@ -357,12 +368,15 @@ class ClientResult:
         message: its :class:`ClientMessage`.
         state: its new persistent state (empty dict if the algorithm keeps none).
         seconds: wall-clock seconds of its local training.
+        buffers: ``(Q,)`` the model's buffers after local training (BatchNorm statistics
+            of the client's data), on the message's device; None for a model without.
     """
 
     client_id: int
     message: ClientMessage
     state: State
     seconds: float
+    buffers: Tensor | None = None
 
 
 _SCALAR_FIELDS = ("num_samples", "num_steps", "loss")

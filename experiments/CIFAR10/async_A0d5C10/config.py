@@ -1,5 +1,5 @@
-"""Asynchronous FL on CIFAR-10 with ResNet-18 (CIFAR stem, GroupNorm: fedtorch federates
-parameters only, and GroupNorm is the usual choice under non-IID data), 10 clients split by
+"""Asynchronous FL on CIFAR-10 with ResNet-18 (CIFAR stem, GroupNorm: the usual choice under
+non-IID data, and asynchronous runs do not merge BatchNorm statistics yet), 10 clients split by
 Dirichlet label skew (alpha 0.5), FedAsync with 5 clients in flight and U(0, 2) s delays.
 
 Needs the python version of CIFAR-10 (``cifar-10-batches-py/``) in data.root (default

@@ -22,7 +22,7 @@ def load_split(data):
     """
     if ":" not in data["dataset"]:
         return federated.load_split(data)
-    from fedtorch.experiment.plugins import load_dataset as load_plugin
+    from fedtorch.experiment.dataset_plugins import load_dataset as load_plugin
 
     ds = load_plugin(data["dataset"]).truncate(data["max_train_samples"], data["max_test_samples"])
     if data["num_clients"] > len(ds.train_y):

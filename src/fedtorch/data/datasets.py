@@ -3,8 +3,8 @@
 Every loader returns a :class:`~fedtorch.data.tensors.TensorDataset` with train and test
 tensors in memory (no per-sample ``Dataset`` objects). :data:`DATASETS` maps each name to
 its loader; loaders live in :mod:`~fedtorch.data.leaf`, :mod:`~fedtorch.data.synthetic`,
-:mod:`~fedtorch.data.tabular` and :mod:`~fedtorch.data.cifar`; the MNIST-format (IDX)
-loader is here.
+:mod:`~fedtorch.data.tabular`, :mod:`~fedtorch.data.cifar` and :mod:`~fedtorch.data.huggingface`;
+the MNIST-format (IDX) loader is here.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from fedtorch.data.cifar import CIFAR, load_cifar
+from fedtorch.data.huggingface import load_huggingface
 from fedtorch.data.idx import DataFileError, read_idx
 from fedtorch.data.leaf import load_femnist, load_shakespeare
 from fedtorch.data.synthetic import fcube, synthetic
@@ -193,6 +194,12 @@ DATASETS: dict[str, DatasetSpec] = {
     **{name: DatasetSpec(lambda root, name=name: load_cifar(dataset_root(root, name), name),
                          f"{name.upper()} python-pickle batches ({CIFAR[name][0]})")
        for name in CIFAR},
+    "huggingface": DatasetSpec(
+        lambda root, image_key="image", label_key="label", test_split=None: load_huggingface(
+            dataset_root(root, "huggingface"), image_key, label_key, test_split),
+        "a local Hugging Face dataset (data.root: the folder save_to_disk wrote; columns data.image_key, "
+        "data.label_key; needs pip install 'fedtorch[huggingface]')",
+        options=("image_key", "label_key", "test_split")),
 }
 
 

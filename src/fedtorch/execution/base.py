@@ -86,6 +86,9 @@ class Executor:
     def close(self) -> None:
         """Release worker threads or other resources (nothing, unless an executor has some)."""
 
-    def evaluate(self, x: torch.Tensor, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[float, float]:
-        """(mean loss, accuracy in [0, 1]) of the flat model ``x`` (``(P,)``) on a labelled set."""
-        return evaluate(self.replica, x.to(self.device), inputs.to(self.device), targets.to(self.device), self.loss_fn)
+    def evaluate(self, x: torch.Tensor, inputs: torch.Tensor, targets: torch.Tensor,
+                 buffers: torch.Tensor | None = None) -> tuple[float, float]:
+        """(mean loss, accuracy in [0, 1]) of the flat model ``x`` (``(P,)``, with its
+        ``(Q,)`` ``buffers`` if the model has any) on a labelled set, in evaluation mode."""
+        b = None if buffers is None else buffers.to(self.device)
+        return evaluate(self.replica, x.to(self.device), inputs.to(self.device), targets.to(self.device), self.loss_fn, buffers=b)

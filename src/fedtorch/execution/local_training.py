@@ -14,6 +14,7 @@ It costs one host sync per epoch and nothing when off.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
@@ -82,14 +83,20 @@ def train_client(
     ctx = task.ctx
     run = LocalRun(ctx=ctx, broadcast=broadcast, state=state, y=replica.params)
     replica.params.copy_(algorithm.init_local(run))
+    statistics = _Statistics(replica, task.buffers if task.buffers is not None else broadcast.buffers)
     batch: list[torch.Tensor] = []
 
     def grad_at(point: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         saved = replica.params.clone()
         replica.params.copy_(point)
-        loss, g = replica.loss_and_grad(train_x[batch[0]], train_y[batch[0]], loss_fn)
+        with statistics.pass_():
+            loss, g = replica.loss_and_grad(train_x[batch[0]], train_y[batch[0]], loss_fn)
         replica.params.copy_(saved)
         return loss, g.clone()
+
+    def gradient_at_y(idx: torch.Tensor):
+        with statistics.pass_():
+            return replica.loss_and_grad(train_x[idx], train_y[idx], loss_fn)
 
     run.grad_at = grad_at
     loss_sum = torch.zeros((), device=replica.params.device)
@@ -97,14 +104,55 @@ def train_client(
     stopper = _EarlyStopping(ctx.early_stopping, math.ceil(ctx.num_samples / batch_size), loss_sum.device) if ctx.early_stopping else None
     for idx in minibatch_indices(task.indices, batch_size, ctx.num_steps, gen):
         batch[:] = [idx]
-        loss = take_step(algorithm, run, lambda: replica.loss_and_grad(train_x[idx], train_y[idx], loss_fn))
+        statistics.new_step()
+        loss = take_step(algorithm, run, lambda: gradient_at_y(idx))
         loss_sum += loss
         if stopper is not None and stopper.stop(run.step, loss):
             run.ctx = dataclasses.replace(ctx, num_steps=run.step)
             break
     mean_loss = loss_sum.item() / max(run.step, 1)
     message, new_state = algorithm.finish_local(run, mean_loss)
-    return ClientResult(ctx.client_id, message, new_state, time.perf_counter() - start)
+    return ClientResult(ctx.client_id, message, new_state, time.perf_counter() - start, statistics.result())
+
+
+class _Statistics:
+    """The replica's buffers (BatchNorm running statistics) during one client's training.
+
+    They start from the client's own (``task.buffers``) or the broadcast's, and only the
+    first forward pass of each local step updates them: a step that evaluates the model
+    at other points too (SAM's perturbed point, Delta-SGD's previous iterate, through
+    ``run.grad_at``) would otherwise count its minibatch two or three times. This is the
+    convention of the widely used PyTorch SAM code (github.com/davda54/sam, whose example
+    calls ``disable_running_stats``, BatchNorm momentum 0, before the second pass; checked).
+    A model without buffers costs nothing.
+    """
+
+    def __init__(self, replica: FlatModule, start: torch.Tensor | None):
+        self.replica = replica
+        self.active = replica.has_buffers
+        self.passes = 0
+        replica.module.train()
+        if self.active:
+            if start is None:
+                raise ValueError("the model has buffers (BatchNorm statistics) but the broadcast carries none")
+            replica.load_buffers(start)
+
+    def new_step(self) -> None:
+        self.passes = 0
+
+    @contextlib.contextmanager
+    def pass_(self):
+        """One forward pass: the step's first updates the buffers, any later one leaves them."""
+        saved = self.replica.read_buffers() if self.active and self.passes else None
+        try:
+            yield
+        finally:
+            self.passes += 1
+            if saved is not None:
+                self.replica.load_buffers(saved)
+
+    def result(self) -> torch.Tensor | None:
+        return self.replica.read_buffers() if self.active else None
 
 
 def take_step(algorithm, run: LocalRun, gradient_at_y) -> torch.Tensor:
@@ -136,7 +184,7 @@ def train_task(
     """
     device = replica.params.device
     state = {k: v.to(device) for k, v in state.items()}
-    task = ClientTask(task.ctx, task.indices.to(device))
+    task = ClientTask(task.ctx, task.indices.to(device), None if task.buffers is None else task.buffers.to(device))
     result = train_client(algorithm, replica, train_x, train_y, task, batch_size, broadcast, state, loss_fn)
     result.state = {k: v.cpu() for k, v in result.state.items()}
     return result
@@ -144,4 +192,5 @@ def train_task(
 
 def broadcast_to(b: Broadcast, device: torch.device) -> Broadcast:
     """The broadcast with its tensors on ``device`` (no copy where they already are)."""
-    return Broadcast(x=b.x.to(device), extra={k: v.to(device) for k, v in b.extra.items()})
+    buffers = None if b.buffers is None else b.buffers.to(device)
+    return Broadcast(x=b.x.to(device), extra={k: v.to(device) for k, v in b.extra.items()}, buffers=buffers)

@@ -195,7 +195,7 @@ class _Worker(threading.Thread):
         self.stream.synchronize()
         # The caller reads these tensors on its default stream; tell the caching allocator
         # so their memory is not reused by this stream before that work is done.
-        for t in _message_tensors(result.message):
+        for t in _message_tensors(result.message) + ([] if result.buffers is None else [result.buffers]):
             if t.is_cuda:
                 t.record_stream(torch.cuda.default_stream(t.device))
         return result
@@ -204,6 +204,7 @@ class _Worker(threading.Thread):
         result = train_task(algorithm, self.replica, self.train_x, self.train_y, task, batch_size, bcast, state, loss_fn)
         if self.out_device != self.slot.device:
             result.message = _message_to(result.message, self.out_device)
+            result.buffers = None if result.buffers is None else result.buffers.to(self.out_device)
         return result
 
 

@@ -39,6 +39,8 @@ traced graph computes the same ops and is checked against the eager transform, b
 bit, when it is built; see :func:`traced_gradient`). Models the transforms cannot handle (data-dependent control
 flow, in-place updates of inputs, random ops such as dropout, ...) fall back to the serial
 loop with a warning that names the reason; :attr:`VectorizedExecutor.fallback` holds it.
+So do models with BatchNorm or other buffers: a padded minibatch's batch statistics would
+count the padding, and running statistics are updated in place.
 
 Accuracy: the vectorised forward and backward (batched GEMMs, a padded loss) round
 differently from the one-client ones, so results agree with the serial executor to float
@@ -283,13 +285,18 @@ def vectorization_problem(replica: FlatModule, train_x, train_y, batch_size: int
     ``replica.loss_and_grad`` on the same minibatch (a model whose result depends on the
     batch of clients, e.g. through in-place module state, fails here).
     """
+    name = type(replica.module).__name__
+    batch_norm = sorted({type(m).__name__ for m in replica.module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)})
+    if batch_norm or replica.has_buffers:
+        what = ", ".join(batch_norm) if batch_norm else "buffers"
+        return (f"model {name} has {what}: batch statistics of a padded minibatch would count the padding and "
+                "running statistics are updated in place")
     if eager is None:
         eager = _vmapped_gradient(replica.module, replica.layout, loss_fn)
     n = min(batch_size, len(train_y), 2)
     x, y = train_x[:n], train_y[:n]
     flat = replica.params.detach().clone().expand(2, -1).contiguous()
     w = torch.ones(2, n, dtype=flat.dtype, device=flat.device)
-    name = type(replica.module).__name__
     try:
         g, loss = eager(flat, x.expand(2, *x.shape), y.expand(2, *y.shape), w)
     except Exception as e:

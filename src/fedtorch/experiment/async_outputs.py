@@ -45,6 +45,7 @@ class AsyncRecorder(Recorder):
     Args:
         run_dir: the run directory.
         tensorboard: also write TensorBoard events (step = server version).
+        tracking: MLflow / W&B trackers as for :class:`Recorder` (step = server version).
 
     Attributes:
         metrics: the metrics rows, one per server version.
@@ -52,8 +53,8 @@ class AsyncRecorder(Recorder):
 
     unit = "wave"
 
-    def __init__(self, run_dir: Path, tensorboard: bool = False):
-        super().__init__(run_dir, tensorboard)
+    def __init__(self, run_dir: Path, tensorboard: bool = False, tracking=None):
+        super().__init__(run_dir, tensorboard, tracking)
         self._updates_csv = CsvLog(self.run_dir / "updates.csv", lambda keys: UPDATE_FIELDS)
         self._staleness = [0, 0]  # sum and count over every arrival
         # arrivals since the last server version: (seconds, bytes_down, bytes_up, applied, loss, staleness)

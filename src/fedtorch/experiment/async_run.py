@@ -49,7 +49,8 @@ def async_settings(cfg) -> AsyncSettings:
     )
 
 
-def run_async_loop(prep, run_dir: Path, resume: bool = False, on_row: Callable[[dict], None] | None = None) -> RunOutcome:
+def run_async_loop(prep, run_dir: Path, resume: bool = False, on_row: Callable[[dict], None] | None = None,
+                   tracking=None) -> RunOutcome:
     """Run (or, with ``resume``, continue) the asynchronous loop of a prepared experiment,
     writing its logs and checkpoints into ``run_dir``.
 
@@ -65,6 +66,7 @@ def run_async_loop(prep, run_dir: Path, resume: bool = False, on_row: Callable[[
         run_dir: the run directory (``config.yaml`` already written).
         resume: continue from the directory's checkpoint.
         on_row: called with every metrics row (one per server version).
+        tracking: the run's MLflow / W&B trackers (:class:`~fedtorch.experiment.tracking.Tracking`), or None.
 
     Returns:
         The :class:`~fedtorch.experiment.runner.RunOutcome` for the runner's epilogue
@@ -76,12 +78,12 @@ def run_async_loop(prep, run_dir: Path, resume: bool = False, on_row: Callable[[
     cfg, run_dir = prep.cfg, Path(run_dir)
     layout = prep.executor.replica.layout
     store = ClientStateStore(cfg.federation.state_memory_mb, run_dir / SPILL_DIR_NAME)
-    recorder = AsyncRecorder(run_dir, tensorboard=cfg.logging.tensorboard)
+    recorder = AsyncRecorder(run_dir, tensorboard=cfg.logging.tensorboard, tracking=tracking)
     test_x, test_y = prep.data.data.test_x, prep.data.data.test_y
     recent: deque[bool] = deque(maxlen=prep.settings.concurrency)  # the last arrivals: non-finite?
 
-    def evaluate(x):
-        return prep.executor.evaluate(x, test_x, test_y)
+    def evaluate(x, buffers=None):
+        return prep.executor.evaluate(x, test_x, test_y, buffers)
 
     def on_update(state, report):
         row = recorder.record(report)
@@ -98,7 +100,7 @@ def run_async_loop(prep, run_dir: Path, resume: bool = False, on_row: Callable[[
         if reason is not None:
             raise Diverged(state.round, f"{reason}, at arrival {report.record.update}")
 
-    core = AsyncServer(prep.algorithm, prep.executor, prep.data, prep.algorithm.init_server(prep.x0), store,
+    core = AsyncServer(prep.algorithm, prep.executor, prep.data, prep.initial_server(), store,
                        prep.settings, delay_model(cfg), evaluate, on_update)
     if resume:
         _restore(core, store, recorder, run_dir, layout, prep.x0.device)

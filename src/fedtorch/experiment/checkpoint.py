@@ -57,7 +57,7 @@ import torch
 import fedtorch
 from fedtorch.experiment.atomic import atomic_file, atomic_path, remove_stale_temps, replace, write_text
 from fedtorch.experiment.errors import ConfigError
-from fedtorch.flat import ParamLayout
+from fedtorch.flat import FlatModule, ParamLayout
 from fedtorch.protocol import ServerState
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -114,7 +114,8 @@ def save_checkpoint(run_dir: Path, server: ServerState, client_states: dict, lay
     payload = {
         "round": server.round,
         "fedtorch": fedtorch.__version__,
-        "server": {"x": server.x.cpu(), "opt": server.opt, "extra": server.extra, "round": server.round},
+        "server": {"x": server.x.cpu(), "opt": server.opt, "extra": server.extra, "round": server.round,
+                   "buffers": None if server.buffers is None else server.buffers.cpu()},
         "clients": client_states,
         "extra": extra,
     }
@@ -144,9 +145,26 @@ def layout_signature(layout: ParamLayout) -> dict:
     return {"names": list(layout.names), "shapes": [list(s) for s in layout.shapes], "channels_last": list(layout.channels_last)}
 
 
-def save_model(run_dir: Path, layout: ParamLayout, x: torch.Tensor) -> Path:
-    """Write the global model ``x`` (``(P,)``, fedtorch's flat layout) as a plain
-    ``state_dict`` to ``run_dir/model.pt``, atomically; returns its path.
+def model_state(replica: FlatModule, x: torch.Tensor, buffers: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """The plain ``state_dict`` (CPU tensors, the module's dtypes) of the flat model ``x``
+    (``(P,)``) and its buffers (``(Q,)``; required when the model has any) in ``replica``'s
+    layouts.
+
+    Raises:
+        ValueError: the model has buffers and ``buffers`` is None.
+    """
+    state = replica.layout.state_dict(x, replica.module)
+    if replica.buffer_layout.numel:
+        if buffers is None:
+            raise ValueError("the model has buffers (BatchNorm statistics) but none were given")
+        state.update(replica.buffer_layout.state_dict(buffers, replica.module))
+    return state
+
+
+def save_model(run_dir: Path, replica: FlatModule, x: torch.Tensor, buffers: torch.Tensor | None = None) -> Path:
+    """Write the global model ``x`` (``(P,)``, fedtorch's flat layout) and its buffers
+    (``(Q,)``) as a plain ``state_dict`` (:func:`model_state`) to ``run_dir/model.pt``,
+    atomically; returns its path.
 
     Load it with ``model.load_state_dict(torch.load(path))`` into the model the run used
     (``fedtorch.models.build_model(name, input_shape, num_classes)``).
@@ -155,7 +173,7 @@ def save_model(run_dir: Path, layout: ParamLayout, x: torch.Tensor) -> Path:
         OSError: the write failed (``filename`` names the file).
     """
     path = Path(run_dir) / MODEL_NAME
-    state = {name: t.detach().cpu().contiguous().clone() for name, t in layout.unflatten(x).items()}
+    state = model_state(replica, x, buffers)
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
     return path
@@ -220,7 +238,7 @@ def _checkpoint(path: Path, payload: dict, layout: ParamLayout | None) -> Checkp
                 "resume it with the fedtorch version that wrote it, or start the run again"
             )
     s = payload["server"]
-    server = ServerState(x=s["x"], opt=s["opt"], extra=s["extra"], round=s["round"])
+    server = ServerState(x=s["x"], opt=s["opt"], extra=s["extra"], round=s["round"], buffers=s.get("buffers"))
     return Checkpoint(server=server, clients=payload["clients"], extra=payload.get("extra"), round=payload["round"], path=path)
 
 

@@ -20,8 +20,6 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from fedtorch.algorithms import available_algorithms, get_algorithm
-from fedtorch.algorithms.registry import is_builtin, register_plugin
 from fedtorch.algorithms.server_optimizers import SERVER_OPTIMIZERS, make_server_optimizer, server_optimizer_keys
 from fedtorch.data import DATASETS, PARTITIONERS
 from fedtorch.data.local_split import check_holdout
@@ -29,6 +27,7 @@ from fedtorch.data.partition.common import check_at_least, check_dirichlet
 from fedtorch.execution import MODES, SlotError, parse_slots
 from fedtorch.execution.base import check_count
 from fedtorch.experiment import plugins
+from fedtorch.experiment.algorithm_config import algorithm_entry, algorithm_hparams
 from fedtorch.experiment.errors import ConfigError
 from fedtorch.experiment.schema import Config
 from fedtorch.federation.async_settings import check_async_times, check_clock, check_concurrency
@@ -177,71 +176,6 @@ def _is_section(section: str) -> bool:
         return False
 
 
-def algorithm_hparams(cfg: DictConfig):
-    """The chosen algorithm's class and its frozen ``Hparams`` built from ``algorithm.*``.
-
-    Raises:
-        ConfigError: unknown algorithm, unknown hyper-parameter, wrong type, or a value
-            its ``Hparams`` rejects.
-    """
-    section = dict(cfg.algorithm)
-    name = section.pop("name", None)
-    source = section.pop("source", None)
-    if not isinstance(name, str):
-        raise ConfigError(f"algorithm.name must be a string; available: {', '.join(available_algorithms())}")
-    cls = _algorithm_class(name, source)
-    allowed = {f.name: f for f in dataclasses.fields(cls.Hparams)}
-    for key in section:
-        if key not in allowed:
-            raise ConfigError(
-                f"unknown key 'algorithm.{key}' for algorithm {cls.name!r}; allowed: {', '.join(sorted(allowed)) or '(none)'}"
-            )
-    try:
-        typed = OmegaConf.merge(OmegaConf.structured(cls.Hparams), section)
-        return cls, cls.Hparams(**OmegaConf.to_container(typed))
-    except OmegaConfBaseException as e:
-        raise ConfigError(f"algorithm.{getattr(e, 'full_key', '?')}: {str(e.msg).splitlines()[0]}") from None
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-
-
-def _algorithm_class(name: str, source: str | None) -> type:
-    """The class of ``algorithm.name`` (a registered name or a plug-in reference) and
-    ``algorithm.source`` (the reference of a plug-in, written by :func:`validate`)."""
-    if plugins.is_reference(name):
-        source, key = name, "algorithm.name"
-    elif source is not None:
-        key = "algorithm.source"
-        try:  # registered in this process (config.py, fedtorch.run(algorithm=...)): no import needed
-            known = get_algorithm(name)
-            if plugins.reference(known) == source:
-                return known
-        except KeyError:
-            pass
-    else:
-        try:
-            return get_algorithm(name)
-        except KeyError:
-            raise ConfigError(f"algorithm.name: unknown algorithm {name!r}; available: {', '.join(available_algorithms())} "
-                              "(or a plug-in: package.module:Class)") from None
-    if not isinstance(source, str):
-        raise ConfigError(f"algorithm.source={source!r} must be a plug-in reference package.module:Class")
-    cls = plugins.check_algorithm(key, source, plugins.resolve(key, source))
-    if key == "algorithm.source" and cls.name.lower() != name.lower():
-        raise ConfigError(f"algorithm.source={source!r} is algorithm {cls.name!r}, not algorithm.name={name!r}")
-    try:
-        register_plugin(cls)
-    except ValueError as e:
-        raise ConfigError(f"{key}={source!r}: {e}") from None
-    return cls
-
-
-def algorithm_entry(cls: type) -> dict[str, str]:
-    """``{"name": ...}`` of a resolved config's algorithm section, plus ``"source"`` (the
-    reference :func:`algorithm_hparams` imports it from in a fresh process) for a plug-in."""
-    return {"name": cls.name} if is_builtin(cls) else {"name": cls.name, "source": plugins.reference(cls)}
-
-
 def _choice(key: str, value: Any, allowed) -> None:
     if value not in allowed:
         raise ConfigError(f"{key}: unknown value {value!r}; allowed: {', '.join(sorted(allowed))}")
@@ -271,6 +205,20 @@ def _rule(check, *args) -> None:
         raise ConfigError(str(e)) from None
 
 
+def _validate_tracking(log) -> None:
+    """``logging.mlflow*`` and ``logging.wandb*``; a tracker turned on must be installed
+    (:func:`~fedtorch.experiment.tracking.check_available`: the message names the pip command)."""
+    from fedtorch.experiment.tracking import check_available
+
+    _choice("logging.wandb_mode", log.wandb_mode, {"offline", "online"})
+    for key in ("mlflow_uri", "mlflow_experiment", "wandb_project"):
+        _require(log[key] is None or log[key].strip() != "", f"logging.{key}", log[key], "must be null or a non-empty text")
+    p = log.wandb_project
+    _require(p is None or not set(p) & set("/\\#?%:"), "logging.wandb_project", p,
+             "W&B project names cannot hold any of / \\ # ? % :")
+    check_available(log)
+
+
 def validate(cfg: DictConfig) -> DictConfig:
     """Check every value; return the config with the algorithm's defaults filled in.
 
@@ -288,6 +236,7 @@ def validate(cfg: DictConfig) -> DictConfig:
     _validate_federation(cfg)  # mode, async clock and delays, stragglers, early stopping
     _rule(check_weighting, f.weighting)
     _choice("logging.progress", cfg.logging.progress, {"auto", "rich", "plain", "none"})
+    _validate_tracking(cfg.logging)
     _rule(check_dirichlet, "alpha", d.alpha)
     _rule(check_at_least, "num_clients", d.num_clients, 1)
     _require(d.min_samples >= 0, "data.min_samples", d.min_samples, "must be >= 0")
@@ -305,6 +254,11 @@ def validate(cfg: DictConfig) -> DictConfig:
     for key in ("max_train_samples", "max_test_samples"):
         v = d[key]
         _require(v is None or v >= 1, f"data.{key}", v, "must be null or >= 1")
+    for key in ("image_key", "label_key", "test_split"):  # dataset=huggingface's column and split names
+        v = d[key]
+        _require((v is None and key == "test_split") or (isinstance(v, str) and v.strip() != ""), f"data.{key}", v,
+                 "must be a non-empty column or split name" + (" (or null: 'test')" if key == "test_split" else ""))
+    _require(d.image_key != d.label_key, "data.label_key", d.label_key, "must name another column than data.image_key")
     _require(cfg.rounds >= 1, "rounds", cfg.rounds, "must be >= 1")
     _require(c.lr > 0, "client.lr", c.lr, "must be > 0")
     _require(c.batch_size >= 1, "client.batch_size", c.batch_size, "must be >= 1")

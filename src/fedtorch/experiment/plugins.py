@@ -27,8 +27,12 @@ reference and the rule):
 * model: ``(input_shape, num_classes) -> nn.Module`` mapping ``(B, *input_shape)`` to
   ``(B, num_classes)`` logits (checked on one batch of training samples);
 * dataset: ``() -> (train_x, train_y, test_x, test_y)`` tensors (or numpy arrays), or
-  ``() -> (train_dataset, test_dataset)`` torch ``Dataset`` s of ``(x, y)`` items that fit
-  in memory (materialised once); ``x (N, *input_shape)``, ``y (N,)`` integer labels >= 0;
+  ``() -> (train_dataset, test_dataset)`` map-style datasets of ``(x, y)`` items that fit
+  in memory (materialised once; :func:`~fedtorch.experiment.dataset_plugins.is_dataset`: a torch ``Dataset`` or any object with
+  ``__len__`` and ``__getitem__``, as torchvision's; a PIL image ``x`` becomes what
+  torchvision's ``ToTensor`` makes of it); ``x (N, *input_shape)``, ``y (N,)`` integer
+  labels >= 0. ``fedtorch.run(dataset=(train_dataset, test_dataset))`` takes the pair
+  itself (:func:`~fedtorch.experiment.dataset_plugins.dataset_pair`);
 * partition: ``(targets, num_clients, rng) -> {client: indices}`` (or a list of
   ``num_clients`` index arrays), ``targets`` the ``(N,)`` int64 numpy training labels and
   ``rng`` a ``numpy.random.Generator`` seeded with ``data.seed``; every client gets at least
@@ -59,7 +63,7 @@ PREFIX = "_fedtorch_file_"
 EXPERIMENT_NAMES = {"MODEL": "model.name", "DATASET": "data.dataset", "PARTITION": "data.partition", "LOSS": "model.loss"}
 MODEL_RULE = "a callable (input_shape, num_classes) -> nn.Module"
 DATASET_RULE = ("a callable () -> (train_x, train_y, test_x, test_y) tensors, or () -> (train_dataset, test_dataset) "
-                "torch Datasets of (x, y) items")
+                "Datasets of (x, y) items (torch or torchvision-style: __len__ and __getitem__)")
 PARTITION_RULE = "a callable (targets, num_clients, rng) -> {client: indices}"
 LOSS_RULE = "a callable (logits, labels) -> scalar loss, like torch.nn.functional.cross_entropy"
 
@@ -231,65 +235,6 @@ def check_model(name: str, model: torch.nn.Module, sample_x: torch.Tensor, num_c
     if got != want:
         raise ConfigError(f"model.name={name!r} maps a batch of shape {tuple(sample_x.shape)} to {got}, "
                           f"not (batch, num_classes) = {want}")
-
-
-# ---- datasets -----------------------------------------------------------------------------
-def _materialise(key: str, ref: str, ds) -> tuple[torch.Tensor, torch.Tensor]:
-    try:
-        items = [ds[i] for i in range(len(ds))]
-        xs = torch.stack([torch.as_tensor(x) for x, _ in items])
-        ys = torch.as_tensor([int(y) for _, y in items], dtype=torch.int64)
-    except Exception as e:
-        raise ConfigError(f"{key}={ref!r}: cannot read its Dataset as (x, y) items ({type(e).__name__}: {e})") from None
-    return xs, ys
-
-
-def _tensor(key: str, ref: str, what: str, value) -> torch.Tensor:
-    try:
-        t = torch.as_tensor(value)
-    except Exception:
-        raise ConfigError(f"{key}={ref!r}: {what} is a {type(value).__name__}, not a tensor; it must be {DATASET_RULE}") from None
-    return t.float() if t.is_floating_point() else t
-
-
-def load_dataset(ref: str, name_key: str = "data.dataset"):
-    """The :class:`~fedtorch.data.TensorDataset` a ``data.dataset`` reference returns.
-
-    Raises:
-        ConfigError: not callable or wrong signature, it raises, the wrong structure, or
-            inconsistent shapes or labels.
-    """
-    from fedtorch.data.tensors import TensorDataset
-
-    fn = callable_plugin(name_key, ref, 0, DATASET_RULE)
-    try:
-        out = fn()
-    except ConfigError:
-        raise
-    except Exception as e:
-        raise ConfigError(f"{name_key}={ref!r} raised {type(e).__name__}: {e}") from None
-    datasets = isinstance(out, (tuple, list)) and len(out) == 2 and all(isinstance(d, torch.utils.data.Dataset) for d in out)
-    if datasets:
-        (train_x, train_y), (test_x, test_y) = (_materialise(name_key, ref, d) for d in out)
-    elif isinstance(out, (tuple, list)) and len(out) == 4:
-        train_x, train_y, test_x, test_y = (_tensor(name_key, ref, w, v) for w, v in
-                                            zip(("train_x", "train_y", "test_x", "test_y"), out))
-    else:
-        got = f"a {type(out).__name__}" + (f" of {len(out)} items" if isinstance(out, (tuple, list)) else "")
-        raise ConfigError(f"{name_key}={ref!r} returned {got}; it must return {DATASET_RULE}")
-    for split, x, y in (("train", train_x, train_y), ("test", test_x, test_y)):
-        if y.ndim != 1 or y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
-            raise ConfigError(f"{name_key}={ref!r}: {split}_y must be (N,) integer labels; got {tuple(y.shape)} {y.dtype}")
-        if x.ndim < 1 or x.shape[0] != y.shape[0] or x.shape[0] == 0:
-            raise ConfigError(f"{name_key}={ref!r}: {split}_x has {tuple(x.shape)}, {split}_y has {tuple(y.shape)}; "
-                              "they need the same number N >= 1 of rows")
-        if int(y.min()) < 0:
-            raise ConfigError(f"{name_key}={ref!r}: {split}_y has a negative label {int(y.min())}; labels are 0..C-1")
-    if train_x.shape[1:] != test_x.shape[1:]:
-        raise ConfigError(f"{name_key}={ref!r}: train_x samples are {tuple(train_x.shape[1:])} but test_x samples are "
-                          f"{tuple(test_x.shape[1:])}")
-    num_classes = int(max(train_y.max(), test_y.max())) + 1
-    return TensorDataset(train_x.contiguous(), train_y.long(), test_x.contiguous(), test_y.long(), num_classes, ref)
 
 
 # ---- partitions ---------------------------------------------------------------------------

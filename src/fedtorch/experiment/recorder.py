@@ -80,6 +80,9 @@ class Recorder:
     Args:
         run_dir: the run directory.
         tensorboard: also write TensorBoard event files under ``run_dir/tensorboard``.
+        tracking: the run's MLflow / W&B trackers
+            (:class:`~fedtorch.experiment.tracking.Tracking`), handed every metrics row as
+            it is appended; None: none.
 
     Attributes:
         metrics: the metrics rows, one per round (the only rows kept in memory).
@@ -90,8 +93,9 @@ class Recorder:
 
     unit = "round"  # the first element of a selection pair
 
-    def __init__(self, run_dir: Path, tensorboard: bool = False):
+    def __init__(self, run_dir: Path, tensorboard: bool = False, tracking=None):
         self.run_dir = Path(run_dir)
+        self._tracking = tracking
         self.metrics: list[dict] = []
         self._jsonl = LogFile(self.run_dir / "metrics.jsonl")
         self._metrics_csv = CsvLog(self.run_dir / "metrics.csv", self._metric_header)
@@ -180,6 +184,8 @@ class Recorder:
         self._metrics_csv.append_rows([row])
         self._jsonl.flush()
         self._metrics_csv.flush()
+        if self._tracking is not None:
+            self._tracking.log_row(row)
 
     def record(self, report: RoundReport) -> dict:
         """Add one round: append its ``clients.csv`` rows and its metrics row, flushed.
@@ -233,6 +239,8 @@ class Recorder:
         written (the asynchronous loop fills in a final evaluation)."""
         if self.metrics and json.dumps(self.metrics[-1]) != self._written:
             self._rewrite_metrics()
+            if self._tracking is not None:
+                self._tracking.log_row(self.metrics[-1])
 
     def flush(self) -> None:
         """Hand every appended row to the operating system (no fsync).

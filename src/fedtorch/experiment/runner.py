@@ -41,13 +41,15 @@ from fedtorch.experiment.progress import RoundProgress
 from fedtorch.experiment.recorder import Recorder, final_result
 from fedtorch.experiment.run_files import CONFIG_NAME, check_config_digest, read_run_meta, write_run_files
 from fedtorch.experiment.selection import write_selection
+from fedtorch.experiment.tracking import Tracking, open_tracking
 from fedtorch.federation import ClientStateStore, SyncSettings, run_sync
 from fedtorch.federation.async_loop import AsyncSettings
 from fedtorch.federation.client_eval import evaluate_clients
 from fedtorch.federation.client_states import SPILL_DIR_NAME
+from fedtorch.federation.model_buffers import ModelBuffers
 from fedtorch.flat import FlatModule
 from fedtorch.models import build_model
-from fedtorch.protocol import FederationInfo
+from fedtorch.protocol import FederationInfo, ServerState
 from fedtorch.seeding import derive_seed
 
 RESULT_NAME = "result.json"
@@ -64,6 +66,11 @@ class Prepared:
     x0: torch.Tensor
     settings: SyncSettings | AsyncSettings  # by federation.mode
     holdout: list | None = None  # per-client held-out indices (eval.clients_every > 0)
+    buffers0: torch.Tensor | None = None  # the initial model's (Q,) buffers (BatchNorm statistics), None without
+
+    def initial_server(self) -> ServerState:
+        """The algorithm's initial server state, with the initial model's buffers."""
+        return self.algorithm.init_server(self.x0).replace(buffers=self.buffers0)
 
 
 def prepare(cfg: DictConfig) -> Prepared:
@@ -101,11 +108,13 @@ def prepare(cfg: DictConfig) -> Prepared:
             model = model_factory()
             if plugins.is_reference(cfg.model.name):
                 plugins.check_module(cfg.model.name, model)
-            x0 = FlatModule(model).params.detach().clone()
+            flat = FlatModule(model)
+            x0, buffers0 = flat.params.detach().clone(), flat.read_buffers()
         except ConfigError:
             raise
         except ValueError as e:
             raise ConfigError(f"model.name={cfg.model.name!r}: {e}") from None
+    buffers0 = check_buffers(cfg, buffers0)
     if plugins.is_reference(cfg.model.name):  # a user's model (a fresh copy): logits must be (batch, num_classes)
         plugins.check_model(cfg.model.name, model_factory(), ds.train_x[: min(2, len(ds.train_x))], ds.num_classes)
     loss = plugins.loss_function(cfg.model.loss)
@@ -134,8 +143,30 @@ def prepare(cfg: DictConfig) -> Prepared:
         settings = async_settings(cfg)
     else:
         settings = SyncSettings(**local_work(cfg), rounds=cfg.rounds, clients_per_round=clients_per_round(cfg),
-                                eval_every=cfg.eval.every, client_eval_every=cfg.eval.clients_every)
-    return Prepared(cfg, data, algorithm, executor, x0.to(device), settings, holdout)
+                                eval_every=cfg.eval.every, client_eval_every=cfg.eval.clients_every,
+                                buffers=ModelBuffers(local=cfg.model.local_buffers))
+    return Prepared(cfg, data, algorithm, executor, x0.to(device), settings, holdout,
+                    None if buffers0 is None else buffers0.to(device))
+
+
+def check_buffers(cfg: DictConfig, buffers0: torch.Tensor) -> torch.Tensor | None:
+    """The initial model's ``(Q,)`` buffers, or None for a model without.
+
+    Raises:
+        ConfigError: ``model.local_buffers=true`` for a model without buffers, or a model
+            with buffers in ``federation.mode=async`` (not supported: the asynchronous
+            server steps do not merge buffers yet).
+    """
+    if not buffers0.numel():
+        if cfg.model.local_buffers:
+            raise ConfigError(f"model.local_buffers=true but model {cfg.model.name!r} has no buffers (no BatchNorm "
+                              "running statistics) to keep per client; drop the key or use a model with BatchNorm")
+        return None
+    if cfg.federation.mode == "async":
+        raise ConfigError(f"model {cfg.model.name!r} has buffers (BatchNorm running statistics), which "
+                          "federation.mode=async does not merge yet; use federation.mode=sync, or a model "
+                          "without them (GroupNorm, e.g. resnet18)")
+    return buffers0
 
 
 def new_run_dir(cfg: DictConfig, experiment: Path | None, parent: Path | None = None, name: str | None = None) -> Path:
@@ -261,19 +292,24 @@ def execute(prep: Prepared, run_dir: Path, resume: bool = False, on_row: Callabl
             another layout.
     """
     cfg, run_dir = prep.cfg, Path(run_dir)
+    tracking = Tracking()  # MLflow / W&B runs (logging.mlflow, logging.wandb; docs/tracking.md); none until opened
     try:
         if resume:
             check_resumable(cfg, run_dir)
+        tracking = open_tracking(cfg, run_dir, resume)
         if cfg.federation.mode == "async":
             from fedtorch.experiment.async_run import run_async_loop
 
-            outcome = run_async_loop(prep, run_dir, resume, on_row)
+            outcome = run_async_loop(prep, run_dir, resume, on_row, tracking)
         else:
-            outcome = _run_sync(prep, run_dir, resume, on_row)
+            outcome = _run_sync(prep, run_dir, resume, on_row, tracking)
+    except BaseException as e:
+        tracking.abort(e)  # the tracker runs end as KILLED (Ctrl-C) or FAILED
+        raise
     finally:
         prep.executor.close()  # worker threads and CUDA streams, also on error and Ctrl-C
     if outcome.diverged is None:
-        save_model(run_dir, prep.executor.replica.layout, outcome.server.x)
+        save_model(run_dir, prep.executor.replica, outcome.server.x, outcome.server.buffers)
     title = f"{cfg.algorithm.name} on {cfg.data.dataset}{outcome.title_suffix}"
     plot_run(outcome.metrics, run_dir, title=title)
     for plot in outcome.plots:
@@ -285,24 +321,27 @@ def execute(prep: Prepared, run_dir: Path, resume: bool = False, on_row: Callabl
                   "hint": divergence_hint(cfg)}
     result = {**outcome.result_head, **status, **final_result(cfg, outcome.metrics, outcome.rounds), **outcome.result_tail}
     write_text(run_dir / RESULT_NAME, json.dumps(result, indent=2) + "\n")
+    tracking.finish(result, run_dir)  # artifacts (plots, model, result.json, config.yaml), then FINISHED / FAILED
     return result
 
 
-def _run_sync(prep: Prepared, run_dir: Path, resume: bool, on_row: Callable[[dict], None] | None) -> RunOutcome:
+def _run_sync(prep: Prepared, run_dir: Path, resume: bool, on_row: Callable[[dict], None] | None,
+              tracking: Tracking | None = None) -> RunOutcome:
     """Synchronous rounds (from the checkpoint when ``resume``), their logs and checkpoints."""
     cfg = prep.cfg
     store = ClientStateStore(cfg.federation.state_memory_mb, run_dir / SPILL_DIR_NAME)
-    recorder = Recorder(run_dir, tensorboard=cfg.logging.tensorboard)
+    recorder = Recorder(run_dir, tensorboard=cfg.logging.tensorboard, tracking=tracking)
     if resume:
         # the newest checkpoint that verifies (checkpoint.prev.pt if checkpoint.pt is damaged);
         # CheckpointError, a ConfigError, when none does or it is of another version or layout
         ckpt = read_checkpoint(run_dir, prep.executor.replica.layout)
-        server = ckpt.server.replace(x=ckpt.server.x.to(prep.x0.device))
+        buffers = None if ckpt.server.buffers is None else ckpt.server.buffers.to(prep.x0.device)
+        server = ckpt.server.replace(x=ckpt.server.x.to(prep.x0.device), buffers=buffers)
         store.load_state_dict(ckpt.clients)
         recorder.load()
         recorder.truncate(server.round)
     else:
-        server = prep.algorithm.init_server(prep.x0)
+        server = prep.initial_server()
     progress = RoundProgress(cfg.rounds, server.round, cfg.logging.progress)
 
     def on_round(state, report):
@@ -321,11 +360,17 @@ def _run_sync(prep: Prepared, run_dir: Path, resume: bool, on_row: Callable[[dic
             recorder.sync()  # the logs on disk before the checkpoint that covers them
             save_checkpoint(run_dir, state, store.state_dict(), prep.executor.replica.layout)
 
-    def evaluate(x):
-        return prep.executor.evaluate(x, prep.data.data.test_x, prep.data.data.test_y)
+    def evaluate(x, buffers=None):
+        return prep.executor.evaluate(x, prep.data.data.test_x, prep.data.data.test_y, buffers)
 
     def evaluate_each_client(state):
-        return evaluate_clients(prep.algorithm, prep.executor, prep.data, prep.holdout, state, cfg.client.batch_size, cfg.seed)
+        local = prep.settings.buffers  # with model.local_buffers, each client's own statistics
+
+        def buffers_of(c: int):
+            return local.of_client(store.get(c, dict), state)
+
+        return evaluate_clients(prep.algorithm, prep.executor, prep.data, prep.holdout, state, cfg.client.batch_size,
+                                cfg.seed, buffers_of if local.local else None)
 
     diverged = None
     try:

@@ -32,12 +32,16 @@ class DataConfig:
     seed: int = 0  # data-split seed (and generated datasets' seed), independent of the training seed
     max_train_samples: Optional[int] = None  # use only the first N training samples
     max_test_samples: Optional[int] = None  # use only the first N test samples
+    image_key: str = "image"  # dataset=huggingface: the input column (images, arrays or lists of numbers)
+    label_key: str = "label"  # dataset=huggingface: the integer label column (ClassLabel gives num_classes)
+    test_split: Optional[str] = None  # dataset=huggingface: the DatasetDict split that tests; null: "test" (a single Dataset: 20% stratified hold-out)
 
 
 @dataclass
 class ModelConfig:
     name: str = "cnn"  # a key of fedtorch.models.MODELS (README "What is in it"), or a plug-in package.module:Name / file.py:Name
     loss: str = "cross_entropy"  # the loss clients minimise and the test loss reports: cross_entropy, or a plug-in package.module:fn / config.py's LOSS
+    local_buffers: bool = False  # keep the model's buffers (BatchNorm running statistics) per client, the statistics half of FedBN; false: average them like parameters
 
 
 @dataclass
@@ -132,6 +136,12 @@ class ExecutionConfig:
 class LoggingConfig:
     progress: str = "auto"  # auto (live bar on a terminal, plain lines otherwise) | rich | plain | none
     tensorboard: bool = False  # also write TensorBoard event files
+    mlflow: bool = False  # also log the run to MLflow (pip install 'fedtorch[mlflow]'): config as params, metrics per round, plots/model/result.json as artifacts (docs/tracking.md)
+    mlflow_uri: Optional[str] = None  # MLflow tracking URI: sqlite:///path.db, file:///dir, http://host:port; null: a SQLite store in <run_dir>/mlruns
+    mlflow_experiment: Optional[str] = None  # MLflow experiment name; null: <DATASET>/<folder> of the experiment folder, or fedtorch for a config dict
+    wandb: bool = False  # also log the run to Weights & Biases (pip install 'fedtorch[wandb]'): config and metrics per round, in <run_dir>/wandb (docs/tracking.md)
+    wandb_mode: str = "offline"  # offline (no network; upload later with `wandb sync <run_dir>/wandb`) | online (needs `wandb login`)
+    wandb_project: Optional[str] = None  # W&B project; null: <DATASET>-<folder> of the experiment folder, or fedtorch for a config dict
 
 
 @dataclass

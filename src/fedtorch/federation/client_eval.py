@@ -15,10 +15,12 @@ trains on in round t (``generator(seed, t, i, "minibatch")``). The optional hook
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 
 from fedtorch.data.federated import FederatedData
+from fedtorch.federation.model_buffers import ModelBuffers
 from fedtorch.federation.planning import Hooks
 from fedtorch.protocol import ClientTask, RoundContext, ServerState
 from fedtorch.seeding import derive_seed
@@ -50,7 +52,8 @@ def summarize(accuracies: torch.Tensor, prefix: str) -> dict[str, float]:
 
 
 def evaluate_clients(algorithm, executor, data: FederatedData, holdout: list[torch.Tensor], server: ServerState,
-                     batch_size: int, seed: int) -> dict[str, float]:
+                     batch_size: int, seed: int,
+                     buffers_of: Callable[[int], torch.Tensor | None] | None = None) -> dict[str, float]:
     """Per-client accuracy of the global model (and, if the algorithm personalises, of
     each client's personalised model) on the held-out splits.
 
@@ -62,6 +65,8 @@ def evaluate_clients(algorithm, executor, data: FederatedData, holdout: list[tor
         server: the current server state.
         batch_size: B of the fine-tuning minibatches.
         seed: the training seed; the fine-tuning draws from ``derive_seed(seed, PURPOSE)``.
+        buffers_of: client -> the ``(Q,)`` model buffers (BatchNorm statistics) to evaluate
+            and fine-tune it with (``model.local_buffers``: its own); default the server's.
 
     Returns:
         :func:`summarize` of ``client_acc`` and, when personalised, ``personal_acc``.
@@ -71,16 +76,19 @@ def evaluate_clients(algorithm, executor, data: FederatedData, holdout: list[tor
     clients = [c for c, h in enumerate(holdout) if h.numel() > 0]
     train_x, train_y = data.data.train_x, data.data.train_y
 
-    def accuracy(c: int, model: torch.Tensor) -> float:
-        return executor.evaluate(model, train_x[holdout[c]], train_y[holdout[c]])[1]
+    own = {c: (server.buffers if buffers_of is None else buffers_of(c)) for c in clients}
 
-    out = summarize(torch.tensor([accuracy(c, x) for c in clients]), "client_acc")
+    def accuracy(c: int, model: torch.Tensor, buffers: torch.Tensor | None) -> float:
+        return executor.evaluate(model, train_x[holdout[c]], train_y[holdout[c]], buffers)[1]
+
+    out = summarize(torch.tensor([accuracy(c, x, own[c]) for c in clients]), "client_acc")
     plan = hooks.personalization()
     if plan is not None:
         tune_seed = derive_seed(seed, PURPOSE)
         tasks = [ClientTask(RoundContext(server.round, c, tune_seed, data.num_samples(c), plan.steps, plan.lr),
-                            data.client_indices[c]) for c in clients]
-        results = executor.run(plan.algorithm, plan.algorithm.broadcast(server.replace(x=x)), tasks, [{} for _ in clients])
-        personal = [accuracy(c, x - r.message.delta.to(x.device)) for c, r in zip(clients, results)]
+                            data.client_indices[c], own[c]) for c in clients]
+        broadcast = ModelBuffers().broadcast(plan.algorithm.broadcast(server.replace(x=x)), server)
+        results = executor.run(plan.algorithm, broadcast, tasks, [{} for _ in clients])
+        personal = [accuracy(c, x - r.message.delta.to(x.device), r.buffers) for c, r in zip(clients, results)]
         out.update(summarize(torch.tensor(personal), "personal_acc"))
     return out

@@ -16,6 +16,7 @@ import torch
 
 from fedtorch.data.federated import FederatedData
 from fedtorch.federation.client_states import ClientStateStore
+from fedtorch.federation.model_buffers import ModelBuffers
 from fedtorch.federation.planning import Hooks, LocalWork, aggregation_weights, plan_tasks
 from fedtorch.federation.sampling import sample_clients
 from fedtorch.protocol import ClientMessage, ClientResult, ServerState
@@ -34,12 +35,15 @@ class SyncSettings(LocalWork):
         eval_every: evaluate the global model every this many rounds (and at the end).
         client_eval_every: per-client evaluation every this many rounds (and at the
             end); 0 turns it off.
+        buffers: the rule for the model's buffers (BatchNorm statistics; averaged, or
+            per client with ``model.local_buffers``, :mod:`fedtorch.federation.model_buffers`).
     """
 
     rounds: int
     clients_per_round: int
     eval_every: int = 1
     client_eval_every: int = 0
+    buffers: ModelBuffers = ModelBuffers()
 
 
 @dataclass
@@ -83,7 +87,7 @@ def run_sync(
     server: ServerState,
     store: ClientStateStore,
     settings: SyncSettings,
-    evaluate: Callable[[torch.Tensor], tuple[float, float]] | None = None,
+    evaluate: Callable[[torch.Tensor, torch.Tensor | None], tuple[float, float]] | None = None,
     on_round: Callable[[ServerState, RoundReport], None] | None = None,
     evaluate_clients: Callable[[ServerState], dict] | None = None,
 ) -> ServerState:
@@ -92,8 +96,9 @@ def run_sync(
     A client whose update holds NaN/Inf is left out of aggregation (``report.valid``) and
     its new persistent state is dropped; if no client is valid the global model is kept.
     The states of the others are stored after aggregation, through the algorithm's
-    ``after_aggregate``. ``evaluate`` gets the algorithm's
-    ``eval_model``; ``evaluate_clients`` (every ``client_eval_every`` rounds) the state.
+    ``after_aggregate``. ``evaluate`` gets the algorithm's ``eval_model`` and the server's
+    buffers (None for a model without); ``evaluate_clients`` (every ``client_eval_every``
+    rounds) the state. The model's buffers follow ``settings.buffers``.
     """
     s = settings
     hooks = Hooks(algorithm, "sync")
@@ -102,26 +107,28 @@ def run_sync(
         tasks = plan_tasks(hooks, data, t, sample_clients(s.seed, t, data.num_clients, s.clients_per_round), s)
         clients = [task.ctx.client_id for task in tasks]
         states = store.get_many(clients, lambda: algorithm.init_client(server.x))
-        broadcast = algorithm.broadcast(server)
+        tasks, states = s.buffers.tasks(tasks, states)
+        broadcast = s.buffers.broadcast(algorithm.broadcast(server), server)
         results = executor.run(algorithm, broadcast, tasks, states)
         states = None  # read states (a spilled store's buffer) freed before the new ones are stored
         messages = ClientMessage.stack([r.message for r in results])
         valid = finite_rows(messages.delta) & torch.isfinite(messages.loss.to(messages.delta.device))
         train_loss = float("nan")
+        kept_results = [r for r, ok in zip(results, valid.tolist()) if ok]  # a rejected (non-finite) update
         if valid.any():
             kept = messages if bool(valid.all()) else messages.select(valid)  # no (M, P) copy when all are valid
             weights = aggregation_weights(kept.num_samples, s.weighting)
-            server = algorithm.aggregate(server, kept, weights)
+            buffers = s.buffers.aggregate(server, kept_results, weights).buffers
+            server = algorithm.aggregate(server, kept, weights).replace(buffers=buffers)
             train_loss = float((weights * kept.loss.to(weights.device)).sum())
         else:
             server = server.replace(round=server.round + 1)
-        kept_results = [r for r, ok in zip(results, valid.tolist()) if ok]  # a rejected (non-finite) update
         store.put_many([r.client_id for r in kept_results],  # leaves the client's state as it was
-                       [hooks.after_aggregate(server, r.state) for r in kept_results])
+                       [s.buffers.state(hooks.after_aggregate(server, r.state), r) for r in kept_results])
         seconds = time.perf_counter() - start
         test_loss = test_acc = None
         if evaluate is not None and ((t + 1) % s.eval_every == 0 or t + 1 == s.rounds):
-            test_loss, test_acc = evaluate(hooks.eval_model(server))
+            test_loss, test_acc = evaluate(hooks.eval_model(server), server.buffers)
         client_eval = None
         if evaluate_clients is not None and s.client_eval_every and ((t + 1) % s.client_eval_every == 0 or t + 1 == s.rounds):
             client_eval = evaluate_clients(server)
@@ -134,7 +141,8 @@ def run_sync(
             test_accuracy=test_acc,
             seconds=seconds,
             bytes_down=broadcast.nbytes * len(clients),
-            bytes_up=sum(r.message.nbytes for r in results),
+            bytes_up=sum(r.message.nbytes + (0 if r.buffers is None else r.buffers.numel() * r.buffers.element_size())
+                         for r in results),
             client_eval=client_eval,
         )
         if on_round is not None:

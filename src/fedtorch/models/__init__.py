@@ -24,7 +24,7 @@ MODELS: dict[str, Callable[[tuple[int, ...], int], nn.Module]] = {
     "simple-cnn": SimpleCNN,  # NIID-Bench (Li et al., ICDE 2022)
     "char_lstm": CharLSTM,
     "resnet18": ResNet18,  # CIFAR stem, GroupNorm
-    "resnet18_bn": resnet18_batch_stats,  # CIFAR stem, BatchNorm on batch statistics
+    "resnet18_bn": resnet18_batch_stats,  # CIFAR stem, BatchNorm with running statistics
 }
 
 

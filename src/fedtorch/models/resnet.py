@@ -3,11 +3,13 @@ Recognition"), with the CIFAR stem: a 3x3 convolution of stride 1 and no max poo
 then four stages of two basic blocks (64, 128, 256, 512 channels; strides 1, 2, 2, 2),
 global average pooling and a linear layer.
 
-Normalisation: fedtorch federates parameters only (:class:`~fedtorch.flat.FlatModule`
-refuses BatchNorm's running statistics), so the default is GroupNorm with 2 groups, the
-replacement Hsieh et al. (ICML 2020, "The Non-IID Data Quagmire of Decentralized Machine
-Learning") recommend for non-IID data. ``norm="batch"`` uses BatchNorm on batch statistics
-only (no running buffers, also at evaluation); ``norm="none"`` has no normalisation.
+Normalisation: the default is GroupNorm with 2 groups, the replacement Hsieh et al. (ICML
+2020, "The Non-IID Data Quagmire of Decentralized Machine Learning") recommend for non-IID
+data. ``norm="batch"`` (``model.name=resnet18_bn``) uses BatchNorm with running statistics,
+as torchvision's ResNet-18 does (momentum 0.1, eps 1e-5; batch statistics while training,
+the running ones at evaluation); the federation loop averages the statistics or keeps them
+per client (``model.local_buffers``, :mod:`fedtorch.federation.model_buffers`).
+``norm="none"`` has no normalisation.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ def _norm(kind: str, channels: int, groups: int) -> nn.Module:
     if kind == "group":
         return nn.GroupNorm(groups, channels)
     if kind == "batch":
-        return nn.BatchNorm2d(channels, track_running_stats=False)
+        return nn.BatchNorm2d(channels)
     return nn.Identity()
 
 
@@ -52,7 +54,7 @@ class ResNet18(nn.Module):
     Args:
         input_shape: ``(C, H, W)``.
         num_classes: outputs.
-        norm: ``group`` (default), ``batch`` (batch statistics only) or ``none``.
+        norm: ``group`` (default), ``batch`` (BatchNorm with running statistics) or ``none``.
         groups: GroupNorm groups (default 2; must divide 64).
 
     Raises:
@@ -85,5 +87,5 @@ class ResNet18(nn.Module):
 
 
 def resnet18_batch_stats(input_shape: tuple[int, ...], num_classes: int) -> ResNet18:
-    """ResNet-18 with BatchNorm on batch statistics (``model.name=resnet18_bn``)."""
+    """ResNet-18 with BatchNorm and its running statistics (``model.name=resnet18_bn``)."""
     return ResNet18(input_shape, num_classes, norm="batch")
