@@ -41,10 +41,10 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
         .venv/bin/pip install -q torch==2.13.0
     fi
 fi
-if ! .venv/bin/python -c "import fedtorch, omegaconf, yaml, rich, matplotlib, sklearn, pytest, tensorboard, datasets, mlflow, sqlalchemy, alembic, wandb" 2>/dev/null \
+if ! .venv/bin/python -c "import fedtorch, omegaconf, yaml, rich, matplotlib, sklearn, pytest, tensorboard, datasets, mlflow, sqlalchemy, alembic, wandb, cryptography, Crypto, dp_accounting" 2>/dev/null \
     || [ pyproject.toml -nt .venv/.fedtorch-installed ]; then
     echo "setup: installing fedtorch and its dependencies into .venv"
-    .venv/bin/pip install -q -e ".[dev,tensorboard,huggingface,mlflow,wandb]"
+    .venv/bin/pip install -q -e ".[dev,tensorboard,huggingface,mlflow,wandb,secagg,privacy]"
     touch .venv/.fedtorch-installed
 fi
 echo "setup: ready (.venv/bin/fedtorch)"

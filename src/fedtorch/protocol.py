@@ -184,6 +184,8 @@ class ServerState:
         buffers: ``(Q,)`` the global model's buffers (BatchNorm statistics), kept by the
             federation loop (:mod:`fedtorch.federation.model_buffers`); None for a model
             without buffers. An algorithm's ``server.replace(...)`` carries it along.
+        loop: state of the federation loop's message transforms (robust aggregation's
+            centre, ...), named flat tensors; never read by an algorithm.
     """
 
     x: Tensor
@@ -191,6 +193,7 @@ class ServerState:
     extra: State = field(default_factory=dict)
     round: int = 0
     buffers: Tensor | None = None
+    loop: State = field(default_factory=dict)
 
     def replace(self, **changes) -> "ServerState":
         return dataclasses.replace(self, **changes)

@@ -11,7 +11,7 @@ import hashlib
 
 import torch
 
-_PURPOSES = ("client_sampling", "minibatch", "model_init", "noise", "local_steps", "eval", "personalization")
+_PURPOSES = ("client_sampling", "minibatch", "model_init", "noise", "local_steps", "eval", "personalization", "compression")
 
 
 def derive_seed(seed: int, *coords: int | str) -> int:

@@ -115,7 +115,8 @@ def save_checkpoint(run_dir: Path, server: ServerState, client_states: dict, lay
         "round": server.round,
         "fedtorch": fedtorch.__version__,
         "server": {"x": server.x.cpu(), "opt": server.opt, "extra": server.extra, "round": server.round,
-                   "buffers": None if server.buffers is None else server.buffers.cpu()},
+                   "buffers": None if server.buffers is None else server.buffers.cpu(),
+                   "loop": {k: v.cpu() for k, v in server.loop.items()}},
         "clients": client_states,
         "extra": extra,
     }
@@ -238,7 +239,8 @@ def _checkpoint(path: Path, payload: dict, layout: ParamLayout | None) -> Checkp
                 "resume it with the fedtorch version that wrote it, or start the run again"
             )
     s = payload["server"]
-    server = ServerState(x=s["x"], opt=s["opt"], extra=s["extra"], round=s["round"], buffers=s.get("buffers"))
+    server = ServerState(x=s["x"], opt=s["opt"], extra=s["extra"], round=s["round"], buffers=s.get("buffers"),
+                         loop=s.get("loop", {}))
     return Checkpoint(server=server, clients=payload["clients"], extra=payload.get("extra"), round=payload["round"], path=path)
 
 

@@ -28,6 +28,9 @@ from fedtorch.execution import MODES, SlotError, parse_slots
 from fedtorch.execution.base import check_count
 from fedtorch.experiment import plugins
 from fedtorch.experiment.algorithm_config import algorithm_entry, algorithm_hparams
+from fedtorch.experiment.compression_config import build_compressor
+from fedtorch.experiment.privacy_config import check_privacy
+from fedtorch.experiment.robust_config import build_aggregator, build_attack
 from fedtorch.experiment.errors import ConfigError
 from fedtorch.experiment.schema import Config
 from fedtorch.federation.async_settings import check_async_times, check_clock, check_concurrency
@@ -237,6 +240,10 @@ def validate(cfg: DictConfig) -> DictConfig:
     _rule(check_weighting, f.weighting)
     _choice("logging.progress", cfg.logging.progress, {"auto", "rich", "plain", "none"})
     _validate_tracking(cfg.logging)
+    build_compressor(cfg)  # compression.*
+    build_aggregator(cfg)  # robust.*
+    build_attack(cfg)  # attack.*
+    check_privacy(cfg)  # privacy.*
     _rule(check_dirichlet, "alpha", d.alpha)
     _rule(check_at_least, "num_clients", d.num_clients, 1)
     _require(d.min_samples >= 0, "data.min_samples", d.min_samples, "must be >= 0")

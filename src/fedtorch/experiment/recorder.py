@@ -210,6 +210,7 @@ class Recorder:
             "clients_aggregated": int(report.valid.sum()),
             **dict.fromkeys(CLIENT_EVAL_FIELDS),
             **(report.client_eval or {}),
+            **(getattr(report, "server_metrics", None) or {}),
         }
         scalars = [_message_scalars(r.message) for r in report.results]
         valid = report.valid.tolist()

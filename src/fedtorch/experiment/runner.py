@@ -41,6 +41,7 @@ from fedtorch.experiment.progress import RoundProgress
 from fedtorch.experiment.recorder import Recorder, final_result
 from fedtorch.experiment.run_files import CONFIG_NAME, check_config_digest, read_run_meta, write_run_files
 from fedtorch.experiment.selection import write_selection
+from fedtorch.experiment.wire_config import build_wire
 from fedtorch.experiment.tracking import Tracking, open_tracking
 from fedtorch.federation import ClientStateStore, SyncSettings, run_sync
 from fedtorch.federation.async_loop import AsyncSettings
@@ -131,9 +132,11 @@ def prepare(cfg: DictConfig) -> Prepared:
                                                   cfg.client.local_steps),
         ),
     )
+    wire = build_wire(cfg, data, algorithm, clients_per_round(cfg)) if cfg.federation.mode != "async" else None
+    train_y = ds.train_y if wire is None else wire.train_y  # label flipping: the malicious clients' data
     e = cfg.execution
     executor = build_executor(
-        e.mode, model_factory, ds.train_x, ds.train_y, cfg.client.batch_size, loss, e.device,
+        e.mode, model_factory, ds.train_x, train_y, cfg.client.batch_size, loss, e.device,
         devices=None if e.devices is None else list(e.devices), threads=e.threads,
         max_clients_per_step=e.max_clients_per_step,
     )
@@ -144,7 +147,7 @@ def prepare(cfg: DictConfig) -> Prepared:
     else:
         settings = SyncSettings(**local_work(cfg), rounds=cfg.rounds, clients_per_round=clients_per_round(cfg),
                                 eval_every=cfg.eval.every, client_eval_every=cfg.eval.clients_every,
-                                buffers=ModelBuffers(local=cfg.model.local_buffers))
+                                buffers=ModelBuffers(local=cfg.model.local_buffers), **wire.settings())
     return Prepared(cfg, data, algorithm, executor, x0.to(device), settings, holdout,
                     None if buffers0 is None else buffers0.to(device))
 
@@ -386,6 +389,9 @@ def _run_sync(prep: Prepared, run_dir: Path, resume: bool, on_row: Callable[[dic
     metrics = recorder.metrics
     client_evals = [m for m in metrics if m.get("client_acc_mean") is not None]
     tail = {k: v for k, v in client_evals[-1].items() if k.startswith(("client_acc", "personal_acc"))} if client_evals else {}
+    if prep.settings.privacy.mechanism is not None and metrics and metrics[-1].get("epsilon") is not None:
+        tail.update(epsilon=metrics[-1]["epsilon"], privacy_delta=cfg.privacy.delta,
+                    noise_multiplier=prep.settings.privacy.mechanism.noise_multiplier)
     return RunOutcome(server=server, metrics=metrics, rounds=len(metrics),
                       selection=recorder.selection, result_tail=tail,
                       diverged=diverged)

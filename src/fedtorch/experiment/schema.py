@@ -150,6 +150,51 @@ class CheckpointConfig:
 
 
 @dataclass
+class CompressionConfig:
+    method: Optional[str] = None  # uplink compression of each client's update: null (off), topk, dgc, qsgd, sign (docs/compression.md)
+    density: float = 0.01  # topk, dgc: fraction of coordinates sent, in (0, 1]
+    error_feedback: bool = True  # topk, sign: keep what was not sent and add it next round (per client, in the client-state store)
+    levels: int = 16  # qsgd: s, quantisation levels
+    encoding: str = "elias"  # qsgd: elias (Elias-omega run lengths) or fixed (ceil(log2(s+1)) bits + sign per coordinate)
+    momentum: float = 0.9  # dgc: momentum correction factor
+    clip_norm: Optional[float] = None  # dgc: per-client clipping threshold of the update's L2 norm; null: no clipping
+    warmup_rounds: int = 0  # dgc: rounds of exponentially rising sparsity before compression.density
+
+
+@dataclass
+class RobustConfig:
+    aggregator: Optional[str] = None  # the server's robust rule instead of the weighted mean: null, mean, krum, multi_krum, median, trimmed_mean, bulyan, centered_clipping (docs/robustness.md)
+    f: int = 1  # krum, multi_krum, bulyan: assumed number of Byzantine clients per round
+    m: Optional[int] = None  # multi_krum: rows averaged; null: M - f
+    beta: float = 0.1  # trimmed_mean: fraction cut on each side, in [0, 1/2)
+    tau: float = 1.0  # centered_clipping: clipping radius (L2)
+    iters: int = 1  # centered_clipping: clipping iterations per round
+
+
+@dataclass
+class AttackConfig:
+    name: Optional[str] = None  # simulated malicious clients: null (none), sign_flip, scale, gaussian, label_flip (docs/robustness.md)
+    fraction: float = 0.2  # share of the N clients that are malicious (drawn once from the seed)
+    scale: float = 1.0  # sign_flip: send -scale * delta
+    factor: float = 10.0  # scale: send factor * delta
+    sigma: float = 1.0  # gaussian: send N(0, sigma^2 I)
+
+
+@dataclass
+class PrivacyConfig:
+    mechanism: Optional[str] = None  # differential privacy: null (off) or dp_fedavg (clip each update, Gaussian noise on the sum; docs/privacy.md)
+    clip: float = 1.0  # C, the L2 clip norm of each client's update (the initial one with adaptive_clipping)
+    noise_multiplier: Optional[float] = None  # z: noise std z*C on the sum; null: chosen for privacy.target_epsilon over the planned rounds
+    target_epsilon: Optional[float] = None  # epsilon at privacy.delta after all rounds, when privacy.noise_multiplier is null
+    delta: float = 1.0e-5  # the delta of (epsilon, delta)-DP
+    accountant: str = "rdp"  # dp-accounting's accountant: rdp
+    adaptive_clipping: bool = False  # C tracks the privacy.target_quantile of the update norms (Andrew et al. 2021)
+    target_quantile: float = 0.5  # adaptive clipping: gamma, the fraction of updates left unclipped
+    clip_learning_rate: float = 0.2  # adaptive clipping: eta_C, the geometric step of C
+    clipped_count_stddev: Optional[float] = None  # adaptive clipping: sigma_b, noise std of the unclipped count (clients); null: M / 20 (the paper's suggestion, unverified)
+
+
+@dataclass
 class Config:
     seed: int = 0  # training seed (client sampling, minibatch order, model init)
     rounds: int = 20  # T, communication rounds
@@ -166,3 +211,7 @@ class Config:
     execution: ExecutionConfig = field(default_factory=ExecutionConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    compression: CompressionConfig = field(default_factory=CompressionConfig)
+    robust: RobustConfig = field(default_factory=RobustConfig)
+    attack: AttackConfig = field(default_factory=AttackConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)

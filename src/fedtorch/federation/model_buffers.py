@@ -53,16 +53,12 @@ class ModelBuffers:
             return broadcast
         return dataclasses.replace(broadcast, buffers=server.buffers)
 
-    def tasks(self, tasks: Sequence[ClientTask], states: Sequence[State]) -> tuple[list[ClientTask], list[State]]:
-        """The tasks with each client's own buffers (local mode) and the states without them
-        (the algorithm never sees :data:`KEY`); the stored dicts are not modified."""
+    def tasks(self, tasks: Sequence[ClientTask], own: Sequence[State]) -> list[ClientTask]:
+        """The tasks with each client's own buffers from its loop-owned state ``own``
+        (:func:`fedtorch.federation.uplink.split_state`) in local mode; else unchanged."""
         if not self.local:
-            return list(tasks), list(states)
-        out_tasks, out_states = [], []
-        for task, state in zip(tasks, states):
-            out_tasks.append(dataclasses.replace(task, buffers=state.get(KEY)))
-            out_states.append({k: v for k, v in state.items() if k != KEY})
-        return out_tasks, out_states
+            return list(tasks)
+        return [dataclasses.replace(task, buffers=state.get(KEY)) for task, state in zip(tasks, own)]
 
     def aggregate(self, server: ServerState, results: Sequence[ClientResult], weights: torch.Tensor) -> ServerState:
         """``server`` with buffers sum_i p_i b_i over ``results`` (the aggregated clients,
@@ -79,12 +75,12 @@ class ModelBuffers:
         p = weights.to(device=stacked.device, dtype=stacked.dtype).unsqueeze(1)
         return server.replace(buffers=(p * stacked).sum(dim=0))
 
-    def state(self, state: State, result: ClientResult) -> State:
-        """The state to store for ``result``'s client: ``state``, plus its buffers under
-        :data:`KEY` in local mode (on the CPU, where the store keeps states)."""
+    def state(self, own: State, result: ClientResult) -> State:
+        """The loop-owned state to store for ``result``'s client: ``own``, with its new
+        buffers under :data:`KEY` in local mode (on the CPU, where the store keeps states)."""
         if not self.local or result.buffers is None:
-            return state
-        return {**state, KEY: result.buffers.detach().cpu()}
+            return own
+        return {**own, KEY: result.buffers.detach().cpu()}
 
     def of_client(self, state: State | None, server: ServerState) -> torch.Tensor | None:
         """The buffers client-level evaluation uses: the client's own (local mode, once it

@@ -15,10 +15,13 @@ from typing import Callable
 import torch
 
 from fedtorch.data.federated import FederatedData
+from fedtorch.federation.byzantine import Attack, RobustAggregation
 from fedtorch.federation.client_states import ClientStateStore
 from fedtorch.federation.model_buffers import ModelBuffers
+from fedtorch.federation.private_aggregation import PrivateAggregation
 from fedtorch.federation.planning import Hooks, LocalWork, aggregation_weights, plan_tasks
 from fedtorch.federation.sampling import sample_clients
+from fedtorch.federation.uplink import Uplink, split_state
 from fedtorch.protocol import ClientMessage, ClientResult, ServerState
 
 __all__ = ["SyncSettings", "RoundReport", "run_sync", "aggregation_weights"]
@@ -37,6 +40,10 @@ class SyncSettings(LocalWork):
             end); 0 turns it off.
         buffers: the rule for the model's buffers (BatchNorm statistics; averaged, or
             per client with ``model.local_buffers``, :mod:`fedtorch.federation.model_buffers`).
+        uplink: the compression of client updates (:mod:`fedtorch.federation.uplink`).
+        attack, robust: simulated malicious clients and the server's robust rule
+            (:mod:`fedtorch.federation.byzantine`).
+        privacy: DP-FedAvg (:mod:`fedtorch.federation.private_aggregation`).
     """
 
     rounds: int
@@ -44,6 +51,10 @@ class SyncSettings(LocalWork):
     eval_every: int = 1
     client_eval_every: int = 0
     buffers: ModelBuffers = ModelBuffers()
+    uplink: Uplink = Uplink()
+    attack: Attack = Attack()
+    robust: RobustAggregation = RobustAggregation()
+    privacy: PrivateAggregation = PrivateAggregation()
 
 
 @dataclass
@@ -60,6 +71,8 @@ class RoundReport:
         bytes_down, bytes_up: bytes sent to / received from clients.
         client_eval: per-client evaluation summary (mean, std, worst-10 %, best-10 %
             accuracy, see :mod:`fedtorch.federation.client_eval`), or None.
+        server_metrics: numbers of the server's transforms this round (DP: ``epsilon`` so
+            far, ``clip_norm``), or None.
     """
 
     round: int
@@ -72,6 +85,7 @@ class RoundReport:
     bytes_down: int
     bytes_up: int
     client_eval: dict | None = None
+    server_metrics: dict | None = None
 
 
 def finite_rows(delta: torch.Tensor, block: int = 64) -> torch.Tensor:
@@ -106,25 +120,35 @@ def run_sync(
         start = time.perf_counter()
         tasks = plan_tasks(hooks, data, t, sample_clients(s.seed, t, data.num_clients, s.clients_per_round), s)
         clients = [task.ctx.client_id for task in tasks]
-        states = store.get_many(clients, lambda: algorithm.init_client(server.x))
-        tasks, states = s.buffers.tasks(tasks, states)
+        states, own = zip(*(split_state(st) for st in store.get_many(clients, lambda: algorithm.init_client(server.x))))
+        tasks = s.buffers.tasks(tasks, own)
         broadcast = s.buffers.broadcast(algorithm.broadcast(server), server)
-        results = executor.run(algorithm, broadcast, tasks, states)
+        results = executor.run(algorithm, broadcast, tasks, list(states))
         states = None  # read states (a spilled store's buffer) freed before the new ones are stored
-        messages = ClientMessage.stack([r.message for r in results])
+        messages = s.attack.poison(t, clients, ClientMessage.stack([r.message for r in results]))
         valid = finite_rows(messages.delta) & torch.isfinite(messages.loss.to(messages.delta.device))
-        train_loss = float("nan")
-        kept_results = [r for r, ok in zip(results, valid.tolist()) if ok]  # a rejected (non-finite) update
+        train_loss, server_metrics = float("nan"), {}
+        ok = valid.tolist()
+        kept_results = [r for r, good in zip(results, ok) if good]  # a rejected (non-finite) update
+        own = [o for o, good in zip(own, ok) if good]  # leaves the client's state as it was
+        up = [r.message.nbytes + (0 if r.buffers is None else r.buffers.numel() * r.buffers.element_size()) for r in results]
         if valid.any():
             kept = messages if bool(valid.all()) else messages.select(valid)  # no (M, P) copy when all are valid
+            if s.uplink.compressor is not None:  # what the server receives: the decoded updates
+                kept, own, sent = s.uplink.apply(t, [r.client_id for r in kept_results], kept, own)
+                dense = kept.delta[0].numel() * kept.delta.element_size()
+                for i, b in zip([i for i, good in enumerate(ok) if good], sent):
+                    up[i] += b - dense
             weights = aggregation_weights(kept.num_samples, s.weighting)
             buffers = s.buffers.aggregate(server, kept_results, weights).buffers
-            server = algorithm.aggregate(server, kept, weights).replace(buffers=buffers)
             train_loss = float((weights * kept.loss.to(weights.device)).sum())
+            server, kept, weights = s.robust.apply(server, kept, weights)
+            server, kept, weights, server_metrics = s.privacy.apply(server, t, kept, weights)
+            server = algorithm.aggregate(server, kept, weights).replace(buffers=buffers)
         else:
             server = server.replace(round=server.round + 1)
-        store.put_many([r.client_id for r in kept_results],  # leaves the client's state as it was
-                       [s.buffers.state(hooks.after_aggregate(server, r.state), r) for r in kept_results])
+        store.put_many([r.client_id for r in kept_results],
+                       [{**hooks.after_aggregate(server, r.state), **s.buffers.state(o, r)} for r, o in zip(kept_results, own)])
         seconds = time.perf_counter() - start
         test_loss = test_acc = None
         if evaluate is not None and ((t + 1) % s.eval_every == 0 or t + 1 == s.rounds):
@@ -141,9 +165,9 @@ def run_sync(
             test_accuracy=test_acc,
             seconds=seconds,
             bytes_down=broadcast.nbytes * len(clients),
-            bytes_up=sum(r.message.nbytes + (0 if r.buffers is None else r.buffers.numel() * r.buffers.element_size())
-                         for r in results),
+            bytes_up=sum(up),
             client_eval=client_eval,
+            server_metrics=server_metrics or None,
         )
         if on_round is not None:
             on_round(server, report)

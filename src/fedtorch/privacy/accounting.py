@@ -32,6 +32,7 @@ derives the larger one the update is noised with.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 
@@ -43,11 +44,20 @@ from fedtorch.privacy.gaussian import SAMPLINGS, expected_clients
 ACCOUNTANTS = ("rdp", "pld")
 
 
+# The calibration's lower bracket: dp-accounting's sampled-without-replacement RDP divides by
+# sigma^2 and fails at z = 0 (ZeroDivisionError), so the search starts just above it; no
+# useful epsilon needs a smaller z.
+MIN_NOISE_MULTIPLIER = 1e-2
+
+
 def _library():
     try:
         import dp_accounting
     except ImportError as err:  # an optional dependency: say how to get it
         raise ImportError("privacy accounting needs the dp-accounting library: pip install 'fedtorch[privacy]'") from err
+    # its RDP accountant logs a warning for every fractional order whose series does not
+    # converge (it then leaves that order out, which only makes epsilon conservative)
+    logging.getLogger("absl").setLevel(logging.ERROR)
     return dp_accounting
 
 
@@ -132,7 +142,7 @@ def noise_multiplier_for(target_epsilon: float, sampling_rate: float, steps: int
     return float(dp.calibrate_dp_mechanism(
         lambda: make_accountant(accountant, sampling),
         lambda z: dp.SelfComposedDpEvent(dp_event(z, sampling_rate, sampling, num_clients), steps),
-        target_epsilon, delta, dp.LowerEndpointAndGuess(0.0, 1.0), tol=tol,
+        target_epsilon, delta, dp.LowerEndpointAndGuess(MIN_NOISE_MULTIPLIER, 1.0), tol=tol,
     ))
 
 

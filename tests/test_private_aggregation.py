@@ -1,0 +1,106 @@
+"""DP-FedAvg wired into the synchronous loop (issue 16, item 2): the server steps on the
+clipped, noised mean with the fixed denominator M; epsilon per round equals dp-accounting's
+for the same (q, z, rounds, delta); the clip norm and round count resume from the
+checkpoint; the accuracy-vs-epsilon table lives in docs/results/dp_fedavg_main_job.md."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+
+import dp_accounting
+import torch
+
+from conftest import tiny_config, write_experiment
+from helpers import final_model, metrics, run_cli, run_dirs
+from test_determinism_resume import KILLER, strip_times
+
+from fedtorch.experiment.config import apply_overrides, load_experiment, validate
+from fedtorch.experiment.runner import prepare
+from fedtorch.federation import ClientStateStore, run_sync
+from fedtorch.seeding import generator
+
+DP = ["privacy.mechanism=dp_fedavg", "privacy.clip=0.05", "federation.clients_per_round=5"]
+
+
+def prepared(folder, *overrides: str):
+    base, _ = load_experiment(folder)
+    return prepare(validate(apply_overrides(base, list(overrides))))
+
+
+def run_rounds(prep, rounds: int):
+    seen, aggregated = [], []
+    real = prep.algorithm.aggregate
+
+    def spy(server, messages, weights):
+        aggregated.append((messages, weights))
+        return real(server, messages, weights)
+
+    prep.algorithm.aggregate = spy
+    settings = dataclasses.replace(prep.settings, rounds=rounds)
+    server = run_sync(prep.algorithm, prep.executor, prep.data, prep.initial_server(), ClientStateStore(), settings,
+                      on_round=lambda s, r: seen.append(r))
+    return server, list(zip(seen, aggregated))
+
+
+def test_the_server_steps_on_the_clipped_noised_mean(tiny_experiment):
+    prep = prepared(tiny_experiment, *DP, "privacy.noise_multiplier=0.7")
+    _, rounds = run_rounds(prep, 2)
+    clip = 0.05
+    for t, (report, (messages, weights)) in enumerate(rounds):
+        deltas = torch.stack([r.message.delta for r in report.results]).double()
+        norms = deltas.norm(dim=1, keepdim=True)
+        assert (norms > clip).any()  # the clipping is exercised
+        clipped = deltas * torch.clamp(clip / norms, max=1.0)
+        noise = torch.randn(deltas.shape[1], generator=generator(0, t, "dp_noise"), dtype=torch.float64)
+        want = (clipped.sum(0) + 0.7 * clip * noise) / 5  # the fixed denominator M, whatever the n_i
+        assert messages.delta.shape[0] == 1 and weights.tolist() == [1.0]
+        assert torch.allclose(messages.delta[0].double(), want, rtol=0, atol=1e-6)
+
+
+def test_epsilon_per_round_is_dp_accountings(tiny_experiment, tmp_path):
+    prep = prepared(tiny_experiment, *DP, "privacy.target_epsilon=6", "rounds=3")
+    z = prep.settings.privacy.mechanism.noise_multiplier
+    _, rounds = run_rounds(prep, 3)
+    for t, (report, _) in enumerate(rounds):
+        acc = dp_accounting.rdp.RdpAccountant(neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE)
+        acc.compose(dp_accounting.SampledWithoutReplacementDpEvent(10, 5, dp_accounting.GaussianDpEvent(z / 2)), t + 1)
+        assert report.server_metrics["epsilon"] == acc.get_epsilon(1e-5)
+    assert 5.9 < rounds[-1][0].server_metrics["epsilon"] <= 6.0  # calibrated for the 3 planned rounds
+
+
+def test_adaptive_clipping_resumes_bit_identically(capsys, tmp_path, tiny_idx_dir):
+    cfg = tiny_config(tiny_idx_dir, tmp_path / "runs", federation={"clients_per_round": 5},
+                      privacy={"mechanism": "dp_fedavg", "clip": 0.05, "noise_multiplier": 0.5,
+                               "adaptive_clipping": True, "clipped_count_stddev": 1.0})
+    folder = write_experiment(tmp_path, "A0d5C10", cfg)
+    assert run_cli(capsys, "run", folder, "rounds=5")[0] == 0
+    (reference,) = run_dirs(tmp_path / "runs")
+    clips = [m["clip_norm"] for m in metrics(reference)]
+    assert clips[0] == 0.05 and len(set(clips)) == 5  # C moves every round
+    killed = tmp_path / "killed"
+    proc = subprocess.run([sys.executable, "-c", KILLER, "run", str(folder), "rounds=5", f"output_dir={killed}"],
+                          env={**os.environ, "KILL_AT": "checkpoint:3"}, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    (run_dir,) = run_dirs(killed)
+    assert run_cli(capsys, "run", "--resume", run_dir)[0] == 0
+    assert torch.equal(final_model(run_dir), final_model(reference))
+    assert strip_times(metrics(run_dir)) == strip_times(metrics(reference))  # epsilon and C included
+    import json
+
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["epsilon"] == metrics(run_dir)[-1]["epsilon"] and result["noise_multiplier"] == 0.5
+
+
+def test_bad_privacy_settings_are_config_errors(capsys, tiny_experiment):
+    for args, words in ((["privacy.mechanism=laplace"], "privacy.mechanism='laplace'"),
+                        (["privacy.mechanism=dp_fedavg"], "exactly one of"),
+                        ([*DP, "privacy.noise_multiplier=1", "privacy.clip=0"], "privacy.clip"),
+                        ([*DP, "privacy.noise_multiplier=1", "algorithm.name=scaffold"], "own server rule"),
+                        ([*DP, "privacy.noise_multiplier=1", "robust.aggregator=median"], "robust.aggregator"),
+                        ([*DP, "privacy.noise_multiplier=1", "compression.method=topk"], "compression.method")):
+        code, _, err = run_cli(capsys, "run", tiny_experiment, *args)
+        assert code == 2 and words in err, (args, err)
