@@ -195,6 +195,19 @@ class PrivacyConfig:
 
 
 @dataclass
+class SecAggConfig:
+    enabled: bool = False  # secure aggregation: the server sees only masked, quantised updates and their sum (docs/secure_aggregation.md)
+    masked: bool = True  # false: the same quantised sum in the clear (the reference a SecAgg run equals bit for bit)
+    bits: int = 32  # the field Z_2^bits the masked sum lives in
+    quant_bits: int = 16  # quantisation resolution: levels 2^(quant_bits-1) - 1 on each side of 0
+    clip_range: float = 1.0  # updates are clipped to [-clip_range, clip_range] per coordinate before quantisation
+    neighbours: Optional[int] = None  # SecAgg+: an even number of neighbours per client (Harary graph); null: every client (SecAgg)
+    threshold: float = 0.6  # Shamir threshold as a fraction of each secret's holders (the client and its neighbours)
+    dropout: float = 0.0  # fraction of each round's clients that drop after sending their masked input
+    stochastic: bool = False  # stochastic (unbiased) rounding instead of round-half-to-even
+
+
+@dataclass
 class Config:
     seed: int = 0  # training seed (client sampling, minibatch order, model init)
     rounds: int = 20  # T, communication rounds
@@ -215,3 +228,4 @@ class Config:
     robust: RobustConfig = field(default_factory=RobustConfig)
     attack: AttackConfig = field(default_factory=AttackConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    secagg: SecAggConfig = field(default_factory=SecAggConfig)

@@ -13,8 +13,10 @@ from fedtorch.experiment.compression_config import build_compressor
 from fedtorch.experiment.errors import ConfigError
 from fedtorch.experiment.privacy_config import build_privacy
 from fedtorch.experiment.robust_config import build_aggregator, build_attack
-from fedtorch.federation.byzantine import Attack, RobustAggregation, check_robust, check_server_rule
+from fedtorch.federation.byzantine import Attack, RobustAggregation, check_robust
+from fedtorch.federation.server_rules import check_server_rule
 from fedtorch.federation.private_aggregation import PrivateAggregation
+from fedtorch.federation.secure_sum import SecureSum
 from fedtorch.federation.uplink import Uplink
 
 
@@ -23,7 +25,7 @@ class Wire:
     """The run's message transforms and the training labels the executors get.
 
     Attributes:
-        uplink, attack, robust, privacy: the :class:`~fedtorch.federation.SyncSettings` fields.
+        uplink, attack, robust, privacy, secure: the :class:`~fedtorch.federation.SyncSettings` fields.
         train_y: ``(N,)`` training labels, the malicious clients' flipped under the
             label-flip attack (a new tensor then; the dataset's own otherwise).
     """
@@ -32,15 +34,17 @@ class Wire:
     attack: Attack
     robust: RobustAggregation
     privacy: PrivateAggregation
+    secure: SecureSum
     train_y: torch.Tensor
 
     def settings(self) -> dict:
         """The keyword arguments of ``SyncSettings``."""
-        return {"uplink": self.uplink, "attack": self.attack, "robust": self.robust, "privacy": self.privacy}
+        return {"uplink": self.uplink, "attack": self.attack, "robust": self.robust, "privacy": self.privacy,
+                "secure": self.secure}
 
 
 def build_wire(cfg: DictConfig, data, algorithm, clients_per_round: int) -> Wire:
-    """The transforms of ``compression.*``, ``attack.*``, ``robust.*`` and ``privacy.*``.
+    """The transforms of ``compression.*``, ``attack.*``, ``robust.*``, ``privacy.*`` and ``secagg.*``.
 
     Args:
         cfg: the validated config.
@@ -66,5 +70,40 @@ def build_wire(cfg: DictConfig, data, algorithm, clients_per_round: int) -> Wire
             check_server_rule(algorithm)
     except ValueError as err:
         raise ConfigError(f"privacy.mechanism={cfg.privacy.mechanism!r}: {err}") from None
+    secure = build_secure_sum(cfg)
+    if secure.enabled:
+        try:
+            check_server_rule(algorithm)
+            secure.protocol(clients_per_round)
+        except ValueError as err:
+            raise ConfigError(f"secagg.enabled=true: {err}") from None
     return Wire(Uplink(build_compressor(cfg), cfg.seed), attack, RobustAggregation(robust),
-                PrivateAggregation(mechanism, accountant, cfg.seed), attack.poison_labels(ds.train_y, data.client_indices))
+                PrivateAggregation(mechanism, accountant, cfg.seed), secure,
+                attack.poison_labels(ds.train_y, data.client_indices))
+
+
+def build_secure_sum(cfg: DictConfig) -> SecureSum:
+    """The :class:`SecureSum` of ``secagg.*``.
+
+    Raises:
+        ConfigError: ``secagg.dropout`` or ``secagg.threshold`` outside [0, 1) / (0, 1], or
+            secure aggregation combined with what it cannot serve: robust aggregation (the
+            server never sees individual updates), DP-FedAvg (its noise is added by the
+            server to the clipped plain sum), compression (the clients' sparse supports
+            differ) and asynchronous runs.
+    """
+    a = cfg.secagg
+    if not a.enabled:
+        return SecureSum()
+    for key, other in (("robust.aggregator", cfg.robust.aggregator), ("privacy.mechanism", cfg.privacy.mechanism),
+                       ("compression.method", cfg.compression.method),
+                       ("federation.mode", "async" if cfg.federation.mode == "async" else None)):
+        if other is not None:
+            raise ConfigError(f"secagg.enabled=true cannot be combined with {key}={other!r}: secure aggregation hides "
+                              "the individual updates these need (docs/secure_aggregation.md)")
+    if not 0 <= a.dropout < 1:
+        raise ConfigError(f"secagg.dropout={a.dropout!r} is not allowed: a fraction in [0, 1)")
+    if not 0 < a.threshold <= 1:
+        raise ConfigError(f"secagg.threshold={a.threshold!r} is not allowed: a fraction in (0, 1]")
+    return SecureSum(True, a.masked, a.bits, a.quant_bits, a.clip_range, a.neighbours, a.stochastic, a.threshold,
+                     a.dropout, cfg.federation.weighting == "samples", cfg.seed)

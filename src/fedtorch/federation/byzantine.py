@@ -31,6 +31,7 @@ import torch
 from fedtorch.protocol import ClientMessage, ServerState
 from fedtorch.robust import attackers as draw_attackers
 from fedtorch.robust import poison
+from fedtorch.federation.server_rules import check_server_rule, one_row
 from fedtorch.seeding import generator
 
 STATE_PREFIX = "robust."
@@ -104,8 +105,6 @@ class RobustAggregation:
         """
         if self.aggregator is None:
             return server, messages, weights
-        if type(messages) is not ClientMessage:
-            raise ValueError(f"robust aggregation needs plain ClientMessage updates, got {type(messages).__name__}")
         name = STATE_PREFIX + type(self.aggregator).__name__
         state = {k[len(name) + 1:]: v for k, v in server.loop.items() if k.startswith(name + ".")}
         if not state:
@@ -113,33 +112,8 @@ class RobustAggregation:
         out = self.aggregator.apply(messages.delta, weights, {k: v.to(messages.delta.device) for k, v in state.items()})
         loop = {**{k: v for k, v in server.loop.items() if not k.startswith(name + ".")},
                 **{f"{name}.{k}": v for k, v in out.state.items()}}
-        w = weights.to(torch.float64)
-        one = ClientMessage(
-            delta=out.value.unsqueeze(0),
-            num_samples=messages.num_samples.sum().reshape(1),
-            num_steps=messages.num_steps.max().reshape(1),
-            loss=(w * messages.loss.to(w.device, torch.float64)).sum().reshape(1),
-        )
-        return server.replace(loop=loop), one, torch.ones(1, dtype=weights.dtype, device=weights.device)
-
-
-def check_server_rule(algorithm) -> None:
-    """That ``algorithm``'s server step is a server optimiser on the weighted mean of the
-    deltas (the base ``aggregate`` and ``server_delta``), which robust aggregation and
-    DP-FedAvg replace by their own one-row aggregate.
-
-    Raises:
-        ValueError: the algorithm has its own server rule.
-    """
-    from fedtorch.algorithms.base import FedAlgorithm
-
-    cls = type(algorithm)
-    if not (isinstance(algorithm, FedAlgorithm) and cls.aggregate is FedAlgorithm.aggregate
-            and cls.server_delta is FedAlgorithm.server_delta):
-        raise ValueError(f"algorithm {getattr(algorithm, 'name', cls.__name__)!r} has its own server rule; this "
-                         "replaces the weighted mean of the updates and needs an algorithm whose server step is a "
-                         "server optimiser on that mean (fedavg, fedavgm, fedadam, fedyogi, fedadagrad, fedprox, "
-                         "fedsam, ...)")
+        one, w = one_row(messages, weights, out.value)
+        return server.replace(loop=loop), one, w
 
 
 def check_robust(aggregator, algorithm, clients_per_round: int) -> None:

@@ -8,8 +8,7 @@ Client weights do not enter (every client's contribution is bounded by C, which 
 the noise covers), whatever ``federation.weighting`` says. The algorithm then steps its
 server optimiser on that one private mean: :meth:`PrivateAggregation.apply` hands it a
 single message with weight 1, so only algorithms whose server step is a server optimiser on
-the weighted mean of the deltas qualify (:func:`fedtorch.federation.byzantine.check_robust`
-is the same check). With adaptive clipping (Andrew et al., NeurIPS 2021) C follows a
+the weighted mean of the deltas qualify (:func:`fedtorch.federation.server_rules.check_server_rule`). With adaptive clipping (Andrew et al., NeurIPS 2021) C follows a
 private quantile of the update norms.
 
 The noise comes from ``generator(seed, round, "dp_noise")``. The clip norm and the number of
@@ -28,6 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from fedtorch.protocol import ClientMessage, ServerState
+from fedtorch.federation.server_rules import one_row
 from fedtorch.seeding import generator
 
 PREFIX = "privacy."
@@ -57,8 +57,6 @@ class PrivateAggregation:
         """
         if self.mechanism is None:
             return server, messages, weights, {}
-        if type(messages) is not ClientMessage:
-            raise ValueError(f"DP-FedAvg needs plain ClientMessage updates, got {type(messages).__name__}")
         state = {"clip": server.loop[PREFIX + "clip"]} if PREFIX + "clip" in server.loop else self.mechanism.init_state()
         steps = {"steps": server.loop[PREFIX + "steps"]} if PREFIX + "steps" in server.loop else self.accountant.init_state()
         clip = float(state["clip"])
@@ -66,11 +64,6 @@ class PrivateAggregation:
                                                                      device=messages.delta.device))
         steps = self.accountant.step(steps)
         loop = {**server.loop, PREFIX + "clip": out.state["clip"], PREFIX + "steps": steps["steps"]}
-        one = ClientMessage(
-            delta=out.mean.to(messages.delta.dtype).unsqueeze(0),
-            num_samples=messages.num_samples.sum().reshape(1),
-            num_steps=messages.num_steps.max().reshape(1),
-            loss=(weights.to(torch.float64) * messages.loss.to(weights.device, torch.float64)).sum().reshape(1),
-        )
+        one, w = one_row(messages, weights, out.mean)
         metrics = {"epsilon": self.accountant.epsilon(steps), "clip_norm": clip}
-        return server.replace(loop=loop), one, torch.ones(1, dtype=weights.dtype, device=weights.device), metrics
+        return server.replace(loop=loop), one, w, metrics

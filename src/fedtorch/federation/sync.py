@@ -21,6 +21,7 @@ from fedtorch.federation.model_buffers import ModelBuffers
 from fedtorch.federation.private_aggregation import PrivateAggregation
 from fedtorch.federation.planning import Hooks, LocalWork, aggregation_weights, plan_tasks
 from fedtorch.federation.sampling import sample_clients
+from fedtorch.federation.secure_sum import SecureSum
 from fedtorch.federation.uplink import Uplink, split_state
 from fedtorch.protocol import ClientMessage, ClientResult, ServerState
 
@@ -44,6 +45,7 @@ class SyncSettings(LocalWork):
         attack, robust: simulated malicious clients and the server's robust rule
             (:mod:`fedtorch.federation.byzantine`).
         privacy: DP-FedAvg (:mod:`fedtorch.federation.private_aggregation`).
+        secure: secure aggregation (:mod:`fedtorch.federation.secure_sum`).
     """
 
     rounds: int
@@ -55,6 +57,7 @@ class SyncSettings(LocalWork):
     attack: Attack = Attack()
     robust: RobustAggregation = RobustAggregation()
     privacy: PrivateAggregation = PrivateAggregation()
+    secure: SecureSum = SecureSum()
 
 
 @dataclass
@@ -144,6 +147,8 @@ def run_sync(
             train_loss = float((weights * kept.loss.to(weights.device)).sum())
             server, kept, weights = s.robust.apply(server, kept, weights)
             server, kept, weights, server_metrics = s.privacy.apply(server, t, kept, weights)
+            server, kept, weights, cost = s.secure.apply(server, t, [r.client_id for r in kept_results], kept, weights)
+            server_metrics.update(cost)
             server = algorithm.aggregate(server, kept, weights).replace(buffers=buffers)
         else:
             server = server.replace(round=server.round + 1)
