@@ -104,3 +104,26 @@ def test_bad_privacy_settings_are_config_errors(capsys, tiny_experiment):
                         ([*DP, "privacy.noise_multiplier=1", "compression.method=topk"], "compression.method")):
         code, _, err = run_cli(capsys, "run", tiny_experiment, *args)
         assert code == 2 and words in err, (args, err)
+
+
+def test_poisson_sampling_releases_noise_in_an_empty_round(tiny_experiment):
+    from fedtorch.privacy import poisson_sample
+
+    prep = prepared(tiny_experiment, "privacy.mechanism=dp_fedavg", "privacy.clip=0.05", "privacy.noise_multiplier=1.0",
+                    "privacy.sampling=poisson", "federation.clients_per_round=1")  # q = 1/10
+    seen, xs = [], []
+    settings = dataclasses.replace(prep.settings, rounds=6)
+    run_sync(prep.algorithm, prep.executor, prep.data, prep.initial_server(), ClientStateStore(), settings,
+             on_round=lambda s, r: (seen.append(r), xs.append(s.x.clone())))
+    sizes = [len(r.results) for r in seen]
+    assert sizes == [len(poisson_sample(10, 0.1, generator(0, t, "client_sampling"))) for t in range(6)]
+    assert 0 in sizes and max(sizes) > 0
+    x = [prep.x0] + xs
+    for t, report in enumerate(seen):
+        acc = dp_accounting.rdp.RdpAccountant()  # add/remove-one neighbours for Poisson sampling
+        acc.compose(dp_accounting.PoissonSampledDpEvent(0.1, dp_accounting.GaussianDpEvent(1.0)), t + 1)
+        assert report.server_metrics["epsilon"] == acc.get_epsilon(1e-5)
+        if not report.results:  # no client: the server still steps on noise / (q N)
+            noise = torch.randn(x[t].numel(), generator=generator(0, t, "dp_noise"), dtype=torch.float64)
+            want = x[t].double() - 1.0 * 0.05 * noise / 1.0
+            assert torch.allclose(x[t + 1].double(), want, rtol=0, atol=1e-6)

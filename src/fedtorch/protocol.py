@@ -221,6 +221,15 @@ class ClientMessage:
         return sum(_nbytes(getattr(self, f.name)) for f in dataclasses.fields(self) if isinstance(getattr(self, f.name), Tensor))
 
     @staticmethod
+    def empty(num_params: int, device: torch.device | str = "cpu") -> "ClientMessage":
+        """A stacked message of zero clients: ``delta (0, P)`` and ``(0,)`` scalar fields (a
+        round whose Poisson sample is empty)."""
+        return ClientMessage(delta=torch.zeros(0, num_params, device=device),
+                             num_samples=torch.zeros(0, dtype=torch.int64, device=device),
+                             num_steps=torch.zeros(0, dtype=torch.int64, device=device),
+                             loss=torch.zeros(0, dtype=torch.float64, device=device))
+
+    @staticmethod
     def stack(messages: list["ClientMessage"]) -> "ClientMessage":
         """Stack M messages of one type into one with ``(M, ...)`` fields.
 

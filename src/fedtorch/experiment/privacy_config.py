@@ -37,7 +37,8 @@ def check_privacy(cfg: DictConfig) -> None:
 def build_privacy(cfg: DictConfig, num_clients: int, clients_per_round: int):
     """``(DPFedAvg, Accountant)`` of ``privacy.*`` for N clients and M per round, or
     ``(None, None)``. With ``privacy.target_epsilon`` the noise multiplier is calibrated by
-    dp-accounting for ``rounds`` rounds at q = M / N (sampling without replacement).
+    dp-accounting for ``rounds`` rounds at q = M / N (``privacy.sampling``: without
+    replacement, or Poisson).
 
     Raises:
         ConfigError: as :func:`check_privacy`, or a parameter the library rejects.
@@ -49,15 +50,17 @@ def build_privacy(cfg: DictConfig, num_clients: int, clients_per_round: int):
     from fedtorch.privacy import AdaptiveClip, DPFedAvg, noise_multiplier_for
 
     q = clients_per_round / num_clients
+    if p.sampling not in ("fixed", "poisson"):
+        raise ConfigError(f"privacy.sampling={p.sampling!r} is not allowed: fixed or poisson")
     try:
         z = p.noise_multiplier
         if z is None:
-            z = noise_multiplier_for(p.target_epsilon, q, cfg.rounds, p.delta, "fixed", p.accountant, num_clients)
+            z = noise_multiplier_for(p.target_epsilon, q, cfg.rounds, p.delta, p.sampling, p.accountant, num_clients)
         adaptive = None
         if p.adaptive_clipping:
             stddev = p.clipped_count_stddev if p.clipped_count_stddev is not None else clients_per_round / 20
             adaptive = AdaptiveClip(p.target_quantile, p.clip_learning_rate, stddev)
-        mechanism = DPFedAvg(float(z), p.clip, num_clients, q, "fixed", adaptive)
+        mechanism = DPFedAvg(float(z), p.clip, num_clients, q, p.sampling, adaptive)
         return mechanism, mechanism.accountant(p.delta, p.accountant)
     except ValueError as e:
         raise ConfigError(str(e)) from None

@@ -187,7 +187,8 @@ class PrivacyConfig:
     noise_multiplier: Optional[float] = None  # z: noise std z*C on the sum; null: chosen for privacy.target_epsilon over the planned rounds
     target_epsilon: Optional[float] = None  # epsilon at privacy.delta after all rounds, when privacy.noise_multiplier is null
     delta: float = 1.0e-5  # the delta of (epsilon, delta)-DP
-    accountant: str = "rdp"  # dp-accounting's accountant: rdp
+    sampling: str = "fixed"  # fixed: M = federation.clients_per_round of N each round; poisson: each client with probability M / N (a round may be empty)
+    accountant: str = "rdp"  # dp-accounting's accountant: rdp, or pld (Poisson sampling only)
     adaptive_clipping: bool = False  # C tracks the privacy.target_quantile of the update norms (Andrew et al. 2021)
     target_quantile: float = 0.5  # adaptive clipping: gamma, the fraction of updates left unclipped
     clip_learning_rate: float = 0.2  # adaptive clipping: eta_C, the geometric step of C

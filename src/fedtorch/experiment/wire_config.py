@@ -15,7 +15,7 @@ from fedtorch.experiment.privacy_config import build_privacy
 from fedtorch.experiment.robust_config import build_aggregator, build_attack
 from fedtorch.federation.byzantine import Attack, RobustAggregation, check_robust
 from fedtorch.federation.server_rules import check_server_rule
-from fedtorch.federation.private_aggregation import PrivateAggregation
+from fedtorch.federation.private_aggregation import PoissonSampling, PrivateAggregation
 from fedtorch.federation.secure_sum import SecureSum
 from fedtorch.federation.uplink import Uplink
 
@@ -38,9 +38,13 @@ class Wire:
     train_y: torch.Tensor
 
     def settings(self) -> dict:
-        """The keyword arguments of ``SyncSettings``."""
-        return {"uplink": self.uplink, "attack": self.attack, "robust": self.robust, "privacy": self.privacy,
-                "secure": self.secure}
+        """The keyword arguments of ``SyncSettings`` (Poisson sampling's sampler included)."""
+        out = {"uplink": self.uplink, "attack": self.attack, "robust": self.robust, "privacy": self.privacy,
+               "secure": self.secure}
+        mechanism = self.privacy.mechanism
+        if mechanism is not None and mechanism.sampling == "poisson":
+            out["sampler"] = PoissonSampling(mechanism.sampling_rate)
+        return out
 
 
 def build_wire(cfg: DictConfig, data, algorithm, clients_per_round: int) -> Wire:

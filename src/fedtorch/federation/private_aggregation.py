@@ -16,8 +16,11 @@ rounds accounted live in ``ServerState.loop`` (``privacy.clip``, ``privacy.steps
 checkpoints carry them; epsilon at ``privacy.delta`` after each round is computed by
 ``dp-accounting`` (:class:`fedtorch.privacy.Accountant`) and reported in the metrics.
 
-Sampling: the clients are M of N drawn uniformly without replacement each round (the loop's
-sampler), accounted as sampling without replacement (RDP, replace-one neighbours).
+Sampling (``privacy.sampling``): ``fixed``, M of N drawn uniformly without replacement each
+round (the loop's sampler), accounted as sampling without replacement (RDP, replace-one
+neighbours); or ``poisson``, each client independently with probability q = M / N
+(:class:`PoissonSampling`, add/remove-one neighbours), the sum divided by the expected q N,
+and a round whose sample is empty still releases the noise (and is accounted).
 """
 
 from __future__ import annotations
@@ -31,6 +34,26 @@ from fedtorch.federation.server_rules import one_row
 from fedtorch.seeding import generator
 
 PREFIX = "privacy."
+
+
+@dataclass(frozen=True)
+class PoissonSampling:
+    """The loop's sampler under ``privacy.sampling=poisson``: each of the N clients takes
+    part independently with probability ``rate`` (:func:`fedtorch.privacy.poisson_sample`
+    with ``generator(seed, round, "client_sampling")``), so a round may have none. Called as
+    :func:`~fedtorch.federation.sampling.sample_clients` is (M unused).
+
+    Attributes:
+        rate: q in (0, 1].
+    """
+
+    rate: float
+
+    def __call__(self, seed: int, round: int, num_clients: int, clients_per_round: int = 0) -> list[int]:
+        """The round's sorted client ids (possibly none)."""
+        from fedtorch.privacy import poisson_sample
+
+        return poisson_sample(num_clients, self.rate, generator(seed, round, "client_sampling")).tolist()
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,7 @@ def one_row(messages: ClientMessage, weights: torch.Tensor, delta: torch.Tensor)
     one = ClientMessage(
         delta=delta.to(messages.delta.dtype).to(messages.delta.device).unsqueeze(0),
         num_samples=messages.num_samples.sum().reshape(1),
-        num_steps=messages.num_steps.max().reshape(1),
+        num_steps=(messages.num_steps.max() if messages.num_steps.numel() else messages.num_steps.new_zeros(())).reshape(1),
         loss=(w * messages.loss.to(w.device, torch.float64)).sum().reshape(1),
     )
     return one, torch.ones(1, dtype=weights.dtype, device=weights.device)

@@ -42,6 +42,10 @@ class SyncSettings(LocalWork):
         buffers: the rule for the model's buffers (BatchNorm statistics; averaged, or
             per client with ``model.local_buffers``, :mod:`fedtorch.federation.model_buffers`).
         uplink: the compression of client updates (:mod:`fedtorch.federation.uplink`).
+        sampler: ``(seed, round, N, M) -> sorted client ids`` of a round: M uniformly
+            without replacement (:func:`~fedtorch.federation.sampling.sample_clients`), or
+            Poisson sampling (:class:`~fedtorch.federation.private_aggregation.PoissonSampling`,
+            which may give an empty round).
         attack, robust: simulated malicious clients and the server's robust rule
             (:mod:`fedtorch.federation.byzantine`).
         privacy: DP-FedAvg (:mod:`fedtorch.federation.private_aggregation`).
@@ -54,6 +58,7 @@ class SyncSettings(LocalWork):
     client_eval_every: int = 0
     buffers: ModelBuffers = ModelBuffers()
     uplink: Uplink = Uplink()
+    sampler: Callable[[int, int, int, int], list[int]] = sample_clients
     attack: Attack = Attack()
     robust: RobustAggregation = RobustAggregation()
     privacy: PrivateAggregation = PrivateAggregation()
@@ -121,35 +126,19 @@ def run_sync(
     hooks = Hooks(algorithm, "sync")
     for t in range(server.round, s.rounds):
         start = time.perf_counter()
-        tasks = plan_tasks(hooks, data, t, sample_clients(s.seed, t, data.num_clients, s.clients_per_round), s)
+        tasks = plan_tasks(hooks, data, t, s.sampler(s.seed, t, data.num_clients, s.clients_per_round), s)
         clients = [task.ctx.client_id for task in tasks]
-        states, own = zip(*(split_state(st) for st in store.get_many(clients, lambda: algorithm.init_client(server.x))))
-        tasks = s.buffers.tasks(tasks, own)
         broadcast = s.buffers.broadcast(algorithm.broadcast(server), server)
-        results = executor.run(algorithm, broadcast, tasks, list(states))
-        states = None  # read states (a spilled store's buffer) freed before the new ones are stored
-        messages = s.attack.poison(t, clients, ClientMessage.stack([r.message for r in results]))
+        results, messages, own = _train(algorithm, executor, store, server, s, t, tasks, broadcast)
         valid = finite_rows(messages.delta) & torch.isfinite(messages.loss.to(messages.delta.device))
-        train_loss, server_metrics = float("nan"), {}
         ok = valid.tolist()
         kept_results = [r for r, good in zip(results, ok) if good]  # a rejected (non-finite) update
         own = [o for o, good in zip(own, ok) if good]  # leaves the client's state as it was
         up = [r.message.nbytes + (0 if r.buffers is None else r.buffers.numel() * r.buffers.element_size()) for r in results]
-        if valid.any():
+        train_loss, server_metrics = float("nan"), {}
+        if valid.any() or s.privacy.mechanism is not None:  # DP releases its noise even without a client
             kept = messages if bool(valid.all()) else messages.select(valid)  # no (M, P) copy when all are valid
-            if s.uplink.compressor is not None:  # what the server receives: the decoded updates
-                kept, own, sent = s.uplink.apply(t, [r.client_id for r in kept_results], kept, own)
-                dense = kept.delta[0].numel() * kept.delta.element_size()
-                for i, b in zip([i for i, good in enumerate(ok) if good], sent):
-                    up[i] += b - dense
-            weights = aggregation_weights(kept.num_samples, s.weighting)
-            buffers = s.buffers.aggregate(server, kept_results, weights).buffers
-            train_loss = float((weights * kept.loss.to(weights.device)).sum())
-            server, kept, weights = s.robust.apply(server, kept, weights)
-            server, kept, weights, server_metrics = s.privacy.apply(server, t, kept, weights)
-            server, kept, weights, cost = s.secure.apply(server, t, [r.client_id for r in kept_results], kept, weights)
-            server_metrics.update(cost)
-            server = algorithm.aggregate(server, kept, weights).replace(buffers=buffers)
+            server, train_loss, own, server_metrics = _aggregate(algorithm, server, s, t, kept, kept_results, own, up, ok)
         else:
             server = server.replace(round=server.round + 1)
         store.put_many([r.client_id for r in kept_results],
@@ -177,6 +166,42 @@ def run_sync(
         if on_round is not None:
             on_round(server, report)
         # the round's (M, P) messages and states go before the next round reads and trains
-        report = results = messages = kept = kept_results = None
+        report = results = messages = kept_results = None
     return server
+
+
+def _train(algorithm, executor, store: ClientStateStore, server: ServerState, s: SyncSettings, t: int, tasks,
+           broadcast) -> tuple[list[ClientResult], ClientMessage, list]:
+    """Local training of round ``t``'s ``tasks``: ``(results, the stacked messages as they
+    arrive at the server (the attackers' replaced), each client's loop-owned state)``. An
+    empty cohort (Poisson sampling) gives no results and a message of zero rows."""
+    if not tasks:
+        return [], ClientMessage.empty(server.x.numel(), server.x.device), []
+    clients = [task.ctx.client_id for task in tasks]
+    states, own = zip(*(split_state(st) for st in store.get_many(clients, lambda: algorithm.init_client(server.x))))
+    results = executor.run(algorithm, broadcast, s.buffers.tasks(tasks, own), list(states))
+    states = None  # read states (a spilled store's buffer) freed before the new ones are stored
+    return results, s.attack.poison(t, clients, ClientMessage.stack([r.message for r in results])), list(own)
+
+
+def _aggregate(algorithm, server: ServerState, s: SyncSettings, t: int, kept: ClientMessage, kept_results: list,
+               own: list, up: list[int], ok: list[bool]) -> tuple[ServerState, float, list, dict]:
+    """The server's step of round ``t`` over the valid messages ``kept``: uplink decoding
+    (``up``, the bytes per result, is corrected in place), the aggregation weights, the
+    model's buffers, then the robust rule, DP and secure aggregation, and the algorithm's
+    ``aggregate``. Returns ``(server, train loss, the clients' new loop-owned states,
+    the server transforms' metrics)``."""
+    if s.uplink.compressor is not None and kept_results:  # what the server receives: the decoded updates
+        kept, own, sent = s.uplink.apply(t, [r.client_id for r in kept_results], kept, own)
+        dense = kept.delta[0].numel() * kept.delta.element_size()
+        for i, b in zip([i for i, good in enumerate(ok) if good], sent):
+            up[i] += b - dense
+    weights = aggregation_weights(kept.num_samples, s.weighting) if kept_results else kept.loss.to(torch.float64)
+    buffers = s.buffers.aggregate(server, kept_results, weights).buffers
+    train_loss = float((weights * kept.loss.to(weights.device)).sum()) if kept_results else float("nan")
+    server, kept, weights = s.robust.apply(server, kept, weights)
+    server, kept, weights, metrics = s.privacy.apply(server, t, kept, weights)
+    server, kept, weights, cost = s.secure.apply(server, t, [r.client_id for r in kept_results], kept, weights)
+    server = algorithm.aggregate(server, kept, weights).replace(buffers=buffers)
+    return server, train_loss, own, {**metrics, **cost}
 

@@ -44,9 +44,10 @@ from fedtorch.privacy.gaussian import SAMPLINGS, expected_clients
 ACCOUNTANTS = ("rdp", "pld")
 
 
-# The calibration's lower bracket: dp-accounting's sampled-without-replacement RDP divides by
-# sigma^2 and fails at z = 0 (ZeroDivisionError), so the search starts just above it; no
-# useful epsilon needs a smaller z.
+# The calibration's lower bracket for fixed-size sampling: dp-accounting's sampled-without-
+# replacement RDP divides by sigma^2 and fails at z = 0 (ZeroDivisionError), so the search
+# starts just above it (no useful epsilon needs a smaller z). Poisson sampling keeps 0: the
+# PLD accountant at a tiny z takes minutes to discretise.
 MIN_NOISE_MULTIPLIER = 1e-2
 
 
@@ -142,7 +143,7 @@ def noise_multiplier_for(target_epsilon: float, sampling_rate: float, steps: int
     return float(dp.calibrate_dp_mechanism(
         lambda: make_accountant(accountant, sampling),
         lambda z: dp.SelfComposedDpEvent(dp_event(z, sampling_rate, sampling, num_clients), steps),
-        target_epsilon, delta, dp.LowerEndpointAndGuess(MIN_NOISE_MULTIPLIER, 1.0), tol=tol,
+        target_epsilon, delta, dp.LowerEndpointAndGuess(MIN_NOISE_MULTIPLIER if sampling == "fixed" else 0.0, 1.0), tol=tol,
     ))
 
 
