@@ -5,53 +5,28 @@ defence on real Fashion-MNIST."""
 
 from __future__ import annotations
 
-import dataclasses
-import os
-import signal
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 import torch
 
+import wire_helpers
 from conftest import FASHION_DIR, tiny_config, write_experiment
-from helpers import final_model, metrics, run_cli, run_dirs
-from test_determinism_resume import KILLER, strip_times
+from helpers import metrics, run_cli, run_dirs
+from wire_helpers import assert_same_run, killed_and_resumed, run_rounds
 
-from fedtorch.experiment.config import apply_overrides, load_experiment, validate
-from fedtorch.experiment.runner import prepare
-from fedtorch.federation import ClientStateStore, run_sync
 from fedtorch.robust import attackers
 
 
 def prepared(folder, *overrides: str):
-    base, _ = load_experiment(folder)
-    return prepare(validate(apply_overrides(base, ["federation.clients_per_round=10", *overrides])))
-
-
-def run_rounds(prep, rounds: int):
-    """(server, [(report, the messages the algorithm aggregated)])."""
-    seen, aggregated = [], []
-    real = prep.algorithm.aggregate
-
-    def spy(server, messages, weights):
-        aggregated.append((messages, weights))
-        return real(server, messages, weights)
-
-    prep.algorithm.aggregate = spy
-    settings = dataclasses.replace(prep.settings, rounds=rounds)
-    server = run_sync(prep.algorithm, prep.executor, prep.data, prep.initial_server(), ClientStateStore(), settings,
-                      on_round=lambda s, r: seen.append(r))
-    return server, list(zip(seen, aggregated))
+    return wire_helpers.prepared(folder, "federation.clients_per_round=10", *overrides)
 
 
 def test_only_the_attackers_rows_are_poisoned(tiny_experiment):
     prep = prepared(tiny_experiment, "attack.name=sign_flip", "attack.scale=3", "attack.fraction=0.3")
     bad = set(attackers(10, 0.3, 0).tolist())
     assert len(bad) == 3 and prep.settings.attack.malicious == frozenset(bad)
-    _, rounds = run_rounds(prep, 2)
-    for report, (messages, _) in rounds:
+    _, _, rounds = run_rounds(prep, 2)
+    for report, messages, _ in rounds:
         for row, r in enumerate(report.results):  # the report holds what the client trained
             want = -3 * r.message.delta if r.client_id in bad else r.message.delta
             assert torch.equal(messages.delta[row], want)
@@ -59,8 +34,8 @@ def test_only_the_attackers_rows_are_poisoned(tiny_experiment):
 
 def test_the_server_steps_on_the_coordinate_median(tiny_experiment):
     prep = prepared(tiny_experiment, "robust.aggregator=median", "attack.name=scale", "attack.factor=50")
-    _, rounds = run_rounds(prep, 2)
-    for report, (messages, weights) in rounds:
+    _, _, rounds = run_rounds(prep, 2)
+    for report, messages, weights in rounds:
         assert messages.delta.shape[0] == 1 and weights.tolist() == [1.0]
         sent = torch.stack([(50 if r.client_id in prep.settings.attack.malicious else 1) * r.message.delta
                             for r in report.results])
@@ -77,14 +52,7 @@ def test_centred_clipping_resumes_with_its_centre(capsys, tmp_path, tiny_idx_dir
     (reference,) = run_dirs(tmp_path / "runs")
     loop = torch.load(reference / "checkpoint.pt", weights_only=True)["server"]["loop"]
     assert list(loop) == ["robust.CenteredClipping.centre"] and loop["robust.CenteredClipping.centre"].abs().sum() > 0
-    killed = tmp_path / "killed"
-    proc = subprocess.run([sys.executable, "-c", KILLER, "run", str(folder), "rounds=5", f"output_dir={killed}"],
-                          env={**os.environ, "KILL_AT": "checkpoint:3"}, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
-    (run_dir,) = run_dirs(killed)
-    assert run_cli(capsys, "run", "--resume", run_dir)[0] == 0
-    assert torch.equal(final_model(run_dir), final_model(reference))
-    assert strip_times(metrics(run_dir)) == strip_times(metrics(reference))
+    assert_same_run(killed_and_resumed(capsys, folder, ["rounds=5"], 3, tmp_path / "killed"), reference)
 
 
 def test_label_flipping_changes_only_the_attackers_labels(tiny_experiment):

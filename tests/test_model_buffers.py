@@ -8,10 +8,6 @@ unequal size (Dirichlet), 4 per round, one local epoch (unequal K_i), minibatche
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -21,7 +17,8 @@ import torch
 import fedtorch
 from conftest import FASHION_DIR, tiny_config, write_experiment
 from helpers import metrics, run_cli, run_dirs
-from test_determinism_resume import KILLER, strip_times
+from test_determinism_resume import strip_times
+from wire_helpers import killed_and_resumed
 
 from fedtorch.experiment.config import apply_overrides, load_experiment, validate
 from fedtorch.experiment.runner import prepare
@@ -196,12 +193,7 @@ def test_sigkill_then_resume_is_bit_identical_with_local_statistics(capsys, bn_e
     args = ["rounds=4", "model.local_buffers=true"]
     assert run_cli(capsys, "run", bn_experiment, *args)[0] == 0
     (reference,) = run_dirs(runs_dir)
-    killed_out = tmp_path / "killed"
-    proc = subprocess.run([sys.executable, "-c", KILLER, "run", str(bn_experiment), *args, f"output_dir={killed_out}"],
-                          env={**os.environ, "KILL_AT": "checkpoint:2"}, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
-    (run_dir,) = run_dirs(killed_out)
-    assert run_cli(capsys, "run", "--resume", run_dir)[0] == 0
+    run_dir = killed_and_resumed(capsys, bn_experiment, args, 2, tmp_path / "killed")
     want, got = (torch.load(d / "model.pt", weights_only=True) for d in (reference, run_dir))
     assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
     assert strip_times(metrics(run_dir)) == strip_times(metrics(reference))

@@ -6,51 +6,26 @@ checkpoint; the accuracy-vs-epsilon table lives in docs/results/dp_fedavg_main_j
 from __future__ import annotations
 
 import dataclasses
-import os
-import signal
-import subprocess
-import sys
+import json
 
 import dp_accounting
 import torch
 
 from conftest import tiny_config, write_experiment
-from helpers import final_model, metrics, run_cli, run_dirs
-from test_determinism_resume import KILLER, strip_times
+from helpers import metrics, run_cli, run_dirs
+from wire_helpers import assert_same_run, killed_and_resumed, prepared, run_rounds
 
-from fedtorch.experiment.config import apply_overrides, load_experiment, validate
-from fedtorch.experiment.runner import prepare
 from fedtorch.federation import ClientStateStore, run_sync
 from fedtorch.seeding import generator
 
 DP = ["privacy.mechanism=dp_fedavg", "privacy.clip=0.05", "federation.clients_per_round=5"]
 
 
-def prepared(folder, *overrides: str):
-    base, _ = load_experiment(folder)
-    return prepare(validate(apply_overrides(base, list(overrides))))
-
-
-def run_rounds(prep, rounds: int):
-    seen, aggregated = [], []
-    real = prep.algorithm.aggregate
-
-    def spy(server, messages, weights):
-        aggregated.append((messages, weights))
-        return real(server, messages, weights)
-
-    prep.algorithm.aggregate = spy
-    settings = dataclasses.replace(prep.settings, rounds=rounds)
-    server = run_sync(prep.algorithm, prep.executor, prep.data, prep.initial_server(), ClientStateStore(), settings,
-                      on_round=lambda s, r: seen.append(r))
-    return server, list(zip(seen, aggregated))
-
-
 def test_the_server_steps_on_the_clipped_noised_mean(tiny_experiment):
     prep = prepared(tiny_experiment, *DP, "privacy.noise_multiplier=0.7")
-    _, rounds = run_rounds(prep, 2)
+    _, _, rounds = run_rounds(prep, 2)
     clip = 0.05
-    for t, (report, (messages, weights)) in enumerate(rounds):
+    for t, (report, messages, weights) in enumerate(rounds):
         deltas = torch.stack([r.message.delta for r in report.results]).double()
         norms = deltas.norm(dim=1, keepdim=True)
         assert (norms > clip).any()  # the clipping is exercised
@@ -64,8 +39,8 @@ def test_the_server_steps_on_the_clipped_noised_mean(tiny_experiment):
 def test_epsilon_per_round_is_dp_accountings(tiny_experiment, tmp_path):
     prep = prepared(tiny_experiment, *DP, "privacy.target_epsilon=6", "rounds=3")
     z = prep.settings.privacy.mechanism.noise_multiplier
-    _, rounds = run_rounds(prep, 3)
-    for t, (report, _) in enumerate(rounds):
+    _, _, rounds = run_rounds(prep, 3)
+    for t, (report, _, _) in enumerate(rounds):
         acc = dp_accounting.rdp.RdpAccountant(neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE)
         acc.compose(dp_accounting.SampledWithoutReplacementDpEvent(10, 5, dp_accounting.GaussianDpEvent(z / 2)), t + 1)
         assert report.server_metrics["epsilon"] == acc.get_epsilon(1e-5)
@@ -81,16 +56,8 @@ def test_adaptive_clipping_resumes_bit_identically(capsys, tmp_path, tiny_idx_di
     (reference,) = run_dirs(tmp_path / "runs")
     clips = [m["clip_norm"] for m in metrics(reference)]
     assert clips[0] == 0.05 and len(set(clips)) == 5  # C moves every round
-    killed = tmp_path / "killed"
-    proc = subprocess.run([sys.executable, "-c", KILLER, "run", str(folder), "rounds=5", f"output_dir={killed}"],
-                          env={**os.environ, "KILL_AT": "checkpoint:3"}, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
-    (run_dir,) = run_dirs(killed)
-    assert run_cli(capsys, "run", "--resume", run_dir)[0] == 0
-    assert torch.equal(final_model(run_dir), final_model(reference))
-    assert strip_times(metrics(run_dir)) == strip_times(metrics(reference))  # epsilon and C included
-    import json
-
+    run_dir = killed_and_resumed(capsys, folder, ["rounds=5"], 3, tmp_path / "killed")
+    assert_same_run(run_dir, reference)  # epsilon and C included
     result = json.loads((run_dir / "result.json").read_text())
     assert result["epsilon"] == metrics(run_dir)[-1]["epsilon"] and result["noise_multiplier"] == 0.5
 
@@ -114,7 +81,7 @@ def test_poisson_sampling_releases_noise_in_an_empty_round(tiny_experiment):
     seen, xs = [], []
     settings = dataclasses.replace(prep.settings, rounds=6)
     run_sync(prep.algorithm, prep.executor, prep.data, prep.initial_server(), ClientStateStore(), settings,
-             on_round=lambda s, r: (seen.append(r), xs.append(s.x.clone())))
+             on_round=lambda s, r: (seen.append(r), xs.append(s.x.clone())))  # the states, not the messages
     sizes = [len(r.results) for r in seen]
     assert sizes == [len(poisson_sample(10, 0.1, generator(0, t, "client_sampling"))) for t in range(6)]
     assert 0 in sizes and max(sizes) > 0

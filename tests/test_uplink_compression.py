@@ -5,45 +5,15 @@ Realistic schedule: 10 clients of unequal size, 4 per round, one local epoch."""
 
 from __future__ import annotations
 
-import dataclasses
 import math
-import os
-import signal
-import subprocess
-import sys
 
 import torch
 
 from conftest import tiny_config, write_experiment
-from helpers import final_model, metrics, run_cli, run_dirs
-from test_determinism_resume import KILLER, strip_times
+from helpers import metrics, run_cli, run_dirs
+from wire_helpers import assert_same_run, killed_and_resumed, prepared, run_rounds
 
-from fedtorch.experiment.config import apply_overrides, load_experiment, validate
-from fedtorch.experiment.runner import prepare
-from fedtorch.federation import ClientStateStore, run_sync
 from fedtorch.federation.uplink import PREFIX
-
-
-def prepared(folder, *overrides: str):
-    base, _ = load_experiment(folder)
-    return prepare(validate(apply_overrides(base, list(overrides))))
-
-
-def run_rounds(prep, rounds: int):
-    """(server, store, [(report, decoded deltas the algorithm aggregated)])."""
-    seen, decoded = [], []
-    real = prep.algorithm.aggregate
-
-    def spy(server, messages, weights):
-        decoded.append(messages.delta.clone())
-        return real(server, messages, weights)
-
-    prep.algorithm.aggregate = spy
-    store = ClientStateStore()
-    settings = dataclasses.replace(prep.settings, rounds=rounds)
-    server = run_sync(prep.algorithm, prep.executor, prep.data, prep.initial_server(), store, settings,
-                      on_round=lambda s, r: seen.append(r))
-    return server, store, list(zip(seen, decoded))
 
 
 def test_server_aggregates_what_was_sent_and_the_residual_keeps_the_rest(tiny_experiment):
@@ -52,7 +22,8 @@ def test_server_aggregates_what_was_sent_and_the_residual_keeps_the_rest(tiny_ex
     k = math.ceil(0.05 * p)
     _, store, rounds = run_rounds(prep, 3)
     residual = {}
-    for report, sent in rounds:
+    for report, messages, _ in rounds:
+        sent = messages.delta
         for row, r in enumerate(report.results):  # all finite: rows in result order
             c, delta = r.client_id, r.message.delta
             before = residual.get(c, torch.zeros(p))
@@ -80,7 +51,7 @@ def test_executors_send_the_same_quantised_messages(tiny_experiment):
                         "execution.threads=1", "algorithm.name=scaffold", *extra)
         server, _, rounds = run_rounds(prep, 2)
         prep.executor.close()
-        finals.append((mode, server.x, [sent for _, sent in rounds]))
+        finals.append((mode, server.x, [m.delta for _, m, _ in rounds]))
     serial = finals[0]
     assert torch.equal(finals[1][1], serial[1])  # parallel: bit for bit
     for a, b in zip(finals[1][2], serial[2]):
@@ -96,14 +67,7 @@ def test_sigkill_then_resume_keeps_the_residuals(capsys, tmp_path, tiny_idx_dir)
     args = ["rounds=5"]
     assert run_cli(capsys, "run", folder, *args)[0] == 0
     (reference,) = run_dirs(tmp_path / "runs")
-    killed_out = tmp_path / "killed"
-    proc = subprocess.run([sys.executable, "-c", KILLER, "run", str(folder), *args, f"output_dir={killed_out}"],
-                          env={**os.environ, "KILL_AT": "checkpoint:3"}, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
-    (run_dir,) = run_dirs(killed_out)
-    assert run_cli(capsys, "run", "--resume", run_dir)[0] == 0
-    assert torch.equal(final_model(run_dir), final_model(reference))
-    assert strip_times(metrics(run_dir)) == strip_times(metrics(reference))
+    assert_same_run(killed_and_resumed(capsys, folder, args, 3, tmp_path / "killed"), reference)
     rows = metrics(reference)
     assert rows[0]["bytes_up"] < rows[0]["bytes_down"] / 10  # about 1/(2 * density) smaller than dense
 

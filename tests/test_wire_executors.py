@@ -7,7 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import tiny_config, write_experiment
 from helpers import final_model, run_cli, run_dirs
+from wire_helpers import assert_same_run, killed_and_resumed
 
 CASES = {
     "attack+robust": ["attack.name=gaussian", "attack.sigma=0.5", "robust.aggregator=trimmed_mean", "robust.beta=0.2"],
@@ -32,26 +34,10 @@ def test_transforms_are_executor_independent(capsys, tiny_experiment, runs_dir, 
 
 
 def test_secagg_with_stochastic_rounding_resumes_bit_identically(capsys, tmp_path, tiny_idx_dir):
-    import os
-    import signal
-    import subprocess
-    import sys
-
-    from conftest import tiny_config, write_experiment
-    from helpers import metrics
-    from test_determinism_resume import KILLER, strip_times
-
     cfg = tiny_config(tiny_idx_dir, tmp_path / "runs", federation={"clients_per_round": 6},
                       secagg={"enabled": True, "clip_range": 0.05, "stochastic": True, "dropout": 0.2})
     folder = write_experiment(tmp_path, "A0d5C10", cfg)
     assert run_cli(capsys, "run", folder, "rounds=4")[0] == 0
     (reference,) = run_dirs(tmp_path / "runs")
-    killed = tmp_path / "killed"
-    proc = subprocess.run([sys.executable, "-c", KILLER, "run", str(folder), "rounds=4", f"output_dir={killed}"],
-                          env={**os.environ, "KILL_AT": "checkpoint:2"}, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
-    (run_dir,) = run_dirs(killed)
-    assert run_cli(capsys, "run", "--resume", run_dir)[0] == 0
-    assert torch.equal(final_model(run_dir), final_model(reference))
-    strip = [{k: v for k, v in r.items() if k != "secagg_seconds"} for r in strip_times(metrics(run_dir))]
-    assert strip == [{k: v for k, v in r.items() if k != "secagg_seconds"} for r in strip_times(metrics(reference))]
+    run_dir = killed_and_resumed(capsys, folder, ["rounds=4"], 2, tmp_path / "killed")
+    assert_same_run(run_dir, reference, ignore=("secagg_seconds",))
