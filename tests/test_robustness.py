@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import make_tiny_images, tiny_config, write_experiment
 from data_files import libsvm_text
@@ -251,7 +252,11 @@ def test_fedprox_stragglers_script_writes_atomically(tmp_path, tiny_idx_dir, mon
     monkeypatch.setattr(mod, "save_figure", spy_save_figure)
     out = tmp_path / "out"
     monkeypatch.setattr(sys, "argv", ["fedprox_stragglers.py", "--rounds", "1", "--eval-every", "1", "--out", str(out)])
-    mod.main()
+    threads = torch.get_num_threads()
+    try:
+        mod.main()
+    finally:
+        torch.set_num_threads(threads)  # the script sets 1 for the whole process; later tests run with the default
     assert sorted(written) == ["fedprox_stragglers.csv", "fedprox_stragglers.json", "fedprox_stragglers.png"]
     assert sorted(p.name for p in out.iterdir()) == sorted(written)  # no temporary files left
     assert "fedprox_mu1_beats_fedavg_at_90" in json.loads((out / "fedprox_stragglers.json").read_text())

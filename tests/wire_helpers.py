@@ -47,10 +47,13 @@ def run_rounds(prep, rounds: int):
 
 def killed_and_resumed(capsys, folder: Path, args: list[str], kill_round: int, out: Path) -> Path:
     """Run ``folder`` in a process that SIGKILLs itself while writing round ``kill_round``'s
-    checkpoint, resume it with ``fedtorch run --resume``; return its run directory."""
+    checkpoint, resume it with ``fedtorch run --resume``; return its run directory. The
+    killed process gets this process's intra-op thread count: CPU reductions can differ in
+    the last bit between counts, and bit-identity is promised for equal counts."""
     proc = subprocess.run([sys.executable, "-c", KILLER, "run", str(folder), *args, f"output_dir={out}"],
-                          env={**os.environ, "KILL_AT": f"checkpoint:{kill_round}"}, capture_output=True, text=True,
-                          timeout=300)
+                          env={**os.environ, "KILL_AT": f"checkpoint:{kill_round}",
+                               "OMP_NUM_THREADS": str(torch.get_num_threads())},  # the in-process runs' count
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     (run_dir,) = run_dirs(out)
     assert run_cli(capsys, "run", "--resume", run_dir)[0] == 0
