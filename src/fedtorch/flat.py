@@ -102,7 +102,7 @@ class ParamLayout:
         first = next(module.parameters())
         if not self.names:
             return first.new_empty(0).detach()
-        return self.cat({name: p.detach().to(first.dtype) for name, p in _named(module, self.buffers)})
+        return self.cat({name: p.detach().to(first.dtype) for name, p in self._tensors(module)})
 
     def load(self, module: nn.Module, flat: torch.Tensor) -> None:
         """Copy the ``(P,)`` vector ``flat`` (this layout) into ``module``'s parameters (or
@@ -114,14 +114,14 @@ class ParamLayout:
         """
         views = self.unflatten(flat)
         with torch.no_grad():
-            for name, p in _named(module, self.buffers):
+            for name, p in self._tensors(module):
                 v = views[name]
                 p.copy_(v if p.is_floating_point() else v.round())
 
     def state_dict(self, flat: torch.Tensor, like: nn.Module) -> dict[str, torch.Tensor]:
         """Named CPU tensors of ``flat`` (this layout) with ``like``'s dtypes (integer
         buffers rounded): a plain ``state_dict`` part."""
-        dtypes = {name: t.dtype for name, t in _named(like, self.buffers)}
+        dtypes = {name: t.dtype for name, t in self._tensors(like)}
         out = {}
         for name, t in self.unflatten(flat).items():
             t = t.detach().cpu()
@@ -131,6 +131,14 @@ class ParamLayout:
     def nbytes(self, dtype: torch.dtype = torch.float32) -> int:
         """Bytes of one flat vector of this layout in ``dtype``."""
         return self.numel * torch.empty((), dtype=dtype).element_size()
+
+
+    def _tensors(self, module: nn.Module):
+        """``module.named_parameters()``, or the buffers this layout names, by name (no
+        ``state_dict`` walk on the per-client path of :meth:`FlatModule.read_buffers`)."""
+        if not self.buffers:
+            return module.named_parameters()
+        return [(n, module.get_buffer(n)) for n in self.names]
 
 
 def _named(module: nn.Module, buffers: bool):

@@ -1,6 +1,6 @@
 """The model's buffers (BatchNorm running statistics) in a synchronous federation.
 
-A model's persistent buffers b (``(Q,)``, :attr:`fedtorch.flat.FlatModule.buffers`) are not
+A model's persistent buffers b (``(Q,)``, :meth:`fedtorch.flat.FlatModule.read_buffers`) are not
 parameters: no algorithm sees them, so every algorithm works unchanged with a BatchNorm
 model. The federation loop moves them:
 

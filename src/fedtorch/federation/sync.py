@@ -196,7 +196,10 @@ def _aggregate(algorithm, server: ServerState, s: SyncSettings, t: int, kept: Cl
         dense = kept.delta[0].numel() * kept.delta.element_size()
         for i, b in zip([i for i, good in enumerate(ok) if good], sent):
             up[i] += b - dense
-    weights = aggregation_weights(kept.num_samples, s.weighting) if kept_results else kept.loss.to(torch.float64)
+    if kept_results:
+        weights = aggregation_weights(kept.num_samples, s.weighting)
+    else:  # no client (DP's empty Poisson round): no weights
+        weights = torch.zeros(0, dtype=torch.float64, device=kept.loss.device)
     buffers = s.buffers.aggregate(server, kept_results, weights).buffers
     train_loss = float((weights * kept.loss.to(weights.device)).sum()) if kept_results else float("nan")
     server, kept, weights = s.robust.apply(server, kept, weights)

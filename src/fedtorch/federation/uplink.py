@@ -26,11 +26,12 @@ from typing import Sequence
 
 import torch
 
+from fedtorch.federation.model_buffers import KEY as BUFFERS_KEY
 from fedtorch.protocol import ClientMessage, State
 from fedtorch.seeding import generator
 
 PREFIX = "compression."
-LOOP_PREFIXES = ("model.buffers", PREFIX)  # client-state keys the federation loop owns
+LOOP_PREFIXES = (BUFFERS_KEY, PREFIX)  # client-state keys the federation loop owns
 
 
 def split_state(state: State) -> tuple[State, State]:
@@ -42,7 +43,7 @@ def split_state(state: State) -> tuple[State, State]:
 @dataclass(frozen=True)
 class Uplink:
     """The uplink transform of a run: a compressor of :data:`fedtorch.compression.COMPRESSORS`
-    (None: messages go up as they are).
+    (None: messages go up as they are, and the loop does not call :meth:`apply`).
 
     Attributes:
         compressor: the compressor object, or None.
@@ -66,10 +67,7 @@ class Uplink:
             ``(messages with the decoded delta, new loop-owned states, bytes of each
             client's delta on the wire)``.
         """
-        delta = messages.delta
-        if self.compressor is None:
-            return messages, [dict(s) for s in states], [delta[i].numel() * delta.element_size() for i in range(len(clients))]
-        comp = self.compressor
+        delta, comp = messages.delta, self.compressor
         zero = comp.init_state(1, delta.shape[1])
         state = {k: torch.stack([s.get(PREFIX + k, zero[k][0]).to(delta.device) for s in states]) for k in zero}
         gens = [generator(self.seed, round, c, "compression") for c in clients]
