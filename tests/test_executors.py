@@ -225,8 +225,10 @@ def test_stateful_perturbing_algorithm_matches_serial(executors, mode):
     server, store = train(algo, executors[mode], rounds=4)
     tol = 1e-5 if mode == "vectorized" else 0.0
     assert rel(server.x, reference.x) <= tol
+    # c = (x - y) / (K lr) - trace cancels: batched GEMMs' rounding (1e-7 relative in x)
+    # comes out of the difference about 10x larger (1.2e-5 measured on one CPU, AVX-512)
     for c, state in ref_store.state_dict().items():
-        assert rel(store.state_dict()[c]["c"], state["c"]) <= tol
+        assert rel(store.state_dict()[c]["c"], state["c"]) <= 10 * tol
 
 
 def one_round_tasks(sizes_steps, round_=2, seed=5):

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from fedtorch.execution.evaluation import evaluate
-from fedtorch.execution.local_training import broadcast_to, train_task
+from fedtorch.execution.local_training import MINIBATCH, broadcast_to, train_task
 from fedtorch.execution.slots import intra_op_threads
 from fedtorch.flat import FlatModule
 from fedtorch.protocol import Broadcast, ClientResult, ClientTask, State
@@ -39,6 +39,9 @@ class Executor:
         device: a torch device string, e.g. ``"cpu"`` or ``"cuda:0"``: where the data live,
             messages are returned and evaluation runs.
         threads: intra-op threads while training (default: the caller's count).
+        gradients: where minibatches and gradients come from
+            (:mod:`fedtorch.execution.local_training`): :data:`MINIBATCH` (default), or a
+            source such as local DP-SGD (:class:`fedtorch.privacy.LocalDPSGD`).
 
     Raises:
         ValueError: ``threads`` < 1.
@@ -56,6 +59,7 @@ class Executor:
         device: str = "cpu",
         *,
         threads: int | None = None,
+        gradients=MINIBATCH,
     ):
         check_count("threads", threads)
         self.model_factory = model_factory
@@ -66,6 +70,7 @@ class Executor:
         self.batch_size = batch_size
         self.loss_fn = loss_fn
         self.threads = threads
+        self.gradients = gradients
         self.description = self.name
 
     def run_one_by_one(self, algorithm, broadcast: Broadcast, tasks: Sequence[ClientTask], states: Sequence[State]) -> list[ClientResult]:
@@ -79,7 +84,8 @@ class Executor:
         bcast = broadcast_to(broadcast, self.device)
         with intra_op_threads(self.threads):
             return [
-                train_task(algorithm, self.replica, self.train_x, self.train_y, task, self.batch_size, bcast, state, self.loss_fn)
+                train_task(algorithm, self.replica, self.train_x, self.train_y, task, self.batch_size, bcast, state, self.loss_fn,
+                           self.gradients)
                 for task, state in zip(tasks, states)
             ]
 

@@ -10,6 +10,13 @@ epochs); after each pass its mean loss is compared with the best so far, and tra
 once E_p passes in a row have not improved on it (strictly lower). ``finish_local`` then
 sees ``run.ctx.num_steps`` equal to the steps actually taken, so the message reports them.
 It costs one host sync per epoch and nothing when off.
+
+Where the minibatches and their gradients come from is one object, the executor's
+*gradient source* (``gradients``): :class:`MinibatchGradients` by default (shuffled epochs
+of B samples, the mean minibatch gradient), or e.g. local DP-SGD's Poisson lots and noisy
+clipped gradients (:class:`fedtorch.privacy.LocalDPSGD`). A source's ``for_client(ctx,
+device)`` returns the client's :class:`ClientGradients`; every gradient the step takes (at
+y, and at other points through ``run.grad_at``) is one ``loss_and_grad`` call of it.
 """
 
 from __future__ import annotations
@@ -18,13 +25,66 @@ import contextlib
 import dataclasses
 import math
 import time
+from typing import Iterable, Protocol
 
 import torch
 
 from fedtorch.data.federated import minibatch_indices
 from fedtorch.flat import FlatModule
-from fedtorch.protocol import Broadcast, ClientResult, ClientTask, LocalRun, State
+from fedtorch.protocol import Broadcast, ClientResult, ClientTask, LocalRun, RoundContext, State
 from fedtorch.seeding import generator
+
+
+class ClientGradients(Protocol):
+    """One client's minibatches and gradients in one round (from a gradient source's
+    ``for_client``)."""
+
+    def batches(self, indices: torch.Tensor, batch_size: int, num_steps: int) -> Iterable[torch.Tensor]:
+        """The ``num_steps`` minibatches: index tensors into the training data, one per step."""
+        ...
+
+    def new_step(self) -> None:
+        """Called before each local step."""
+        ...
+
+    def loss_and_grad(self, replica: FlatModule, x: torch.Tensor, y: torch.Tensor, loss_fn) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(loss (0-dim), gradient (P,))`` on the minibatch ``x`` ``(b, ...)``, ``y`` ``(b,)``
+        at the replica's current parameters (the gradient may be the replica's buffer,
+        overwritten by the next call)."""
+        ...
+
+
+class MinibatchGradients:
+    """The default gradient source: minibatches of B drawn as shuffled epochs over the
+    client's samples (:func:`~fedtorch.data.federated.minibatch_indices` with
+    ``generator(seed, round, client, "minibatch")``), the mean minibatch gradient.
+
+    Attributes:
+        serial_only: None (every executor can use it; a source that cannot be vectorised
+            over clients names the reason here).
+    """
+
+    serial_only: str | None = None
+
+    def for_client(self, ctx: RoundContext, device: torch.device) -> "_Minibatches":
+        return _Minibatches(generator(ctx.seed, ctx.round, ctx.client_id, "minibatch"))
+
+
+class _Minibatches:
+    def __init__(self, gen: torch.Generator):
+        self.gen = gen
+
+    def batches(self, indices: torch.Tensor, batch_size: int, num_steps: int):
+        return minibatch_indices(indices, batch_size, num_steps, self.gen)
+
+    def new_step(self) -> None:
+        pass
+
+    def loss_and_grad(self, replica: FlatModule, x, y, loss_fn):
+        return replica.loss_and_grad(x, y, loss_fn)
+
+
+MINIBATCH = MinibatchGradients()
 
 
 class _EarlyStopping:
@@ -61,6 +121,7 @@ def train_client(
     broadcast: Broadcast,
     state: State,
     loss_fn,
+    gradients=MINIBATCH,
 ) -> ClientResult:
     """Run ``task.ctx.num_steps`` local steps of ``algorithm`` on one client (fewer when
     ``task.ctx.early_stopping`` ends it early; see the module docstring).
@@ -75,6 +136,7 @@ def train_client(
         broadcast: what the server sent this round.
         state: the client's persistent state (already on the replica's device).
         loss_fn: ``(logits, targets) -> mean loss``.
+        gradients: the gradient source (module docstring), :data:`MINIBATCH` by default.
 
     Returns:
         The :class:`ClientResult` (message, new state, wall seconds).
@@ -85,26 +147,27 @@ def train_client(
     replica.params.copy_(algorithm.init_local(run))
     statistics = _Statistics(replica, task.buffers if task.buffers is not None else broadcast.buffers)
     batch: list[torch.Tensor] = []
+    source = gradients.for_client(ctx, replica.params.device)
 
     def grad_at(point: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         saved = replica.params.clone()
         replica.params.copy_(point)
         with statistics.pass_():
-            loss, g = replica.loss_and_grad(train_x[batch[0]], train_y[batch[0]], loss_fn)
+            loss, g = source.loss_and_grad(replica, train_x[batch[0]], train_y[batch[0]], loss_fn)
         replica.params.copy_(saved)
         return loss, g.clone()
 
     def gradient_at_y(idx: torch.Tensor):
         with statistics.pass_():
-            return replica.loss_and_grad(train_x[idx], train_y[idx], loss_fn)
+            return source.loss_and_grad(replica, train_x[idx], train_y[idx], loss_fn)
 
     run.grad_at = grad_at
     loss_sum = torch.zeros((), device=replica.params.device)
-    gen = generator(ctx.seed, ctx.round, ctx.client_id, "minibatch")
     stopper = _EarlyStopping(ctx.early_stopping, math.ceil(ctx.num_samples / batch_size), loss_sum.device) if ctx.early_stopping else None
-    for idx in minibatch_indices(task.indices, batch_size, ctx.num_steps, gen):
+    for idx in source.batches(task.indices, batch_size, ctx.num_steps):
         batch[:] = [idx]
         statistics.new_step()
+        source.new_step()
         loss = take_step(algorithm, run, lambda: gradient_at_y(idx))
         loss_sum += loss
         if stopper is not None and stopper.stop(run.step, loss):
@@ -169,14 +232,16 @@ def take_step(algorithm, run: LocalRun, gradient_at_y) -> torch.Tensor:
 
 
 def train_task(
-    algorithm, replica: FlatModule, train_x, train_y, task: ClientTask, batch_size: int, broadcast: Broadcast, state: State, loss_fn
+    algorithm, replica: FlatModule, train_x, train_y, task: ClientTask, batch_size: int, broadcast: Broadcast, state: State, loss_fn,
+    gradients=MINIBATCH,
 ) -> ClientResult:
     """:func:`train_client` with the task's indices and the state moved to the replica's
     device (``broadcast`` and the data must already be there); the new state comes back on
     the CPU, where the client-state store keeps it.
 
     Args: as :func:`train_client` (``train_x`` ``(N, ...)``, ``train_y`` ``(N,)`` on the
-    replica's device; ``task.indices`` ``(n_i,)`` int64 on any device).
+    replica's device; ``task.indices`` ``(n_i,)`` int64 on any device; ``gradients`` the
+    gradient source).
 
     Returns:
         The :class:`ClientResult`: message on the replica's device, state on the CPU,
@@ -185,7 +250,7 @@ def train_task(
     device = replica.params.device
     state = {k: v.to(device) for k, v in state.items()}
     task = ClientTask(task.ctx, task.indices.to(device), None if task.buffers is None else task.buffers.to(device))
-    result = train_client(algorithm, replica, train_x, train_y, task, batch_size, broadcast, state, loss_fn)
+    result = train_client(algorithm, replica, train_x, train_y, task, batch_size, broadcast, state, loss_fn, gradients)
     result.state = {k: v.cpu() for k, v in result.state.items()}
     return result
 

@@ -106,7 +106,7 @@ class ParallelExecutor(Executor):
         # Longest first (stable on ties): the queue balances load, order fixes nothing else.
         order = sorted(range(len(tasks)), key=lambda i: -tasks[i].ctx.num_steps)
         for i in order:
-            self._jobs.put((batch, i, algorithm, bcasts, tasks[i], states[i], self.batch_size, self.loss_fn))
+            self._jobs.put((batch, i, algorithm, bcasts, tasks[i], states[i], self.batch_size, self.loss_fn, self.gradients))
         return batch.wait()
 
     def close(self) -> None:
@@ -184,14 +184,14 @@ class _Worker(threading.Thread):
             else:
                 batch.finish(i, result, None)
 
-    def _train(self, algorithm, bcasts, task: ClientTask, state: State, batch_size: int, loss_fn) -> ClientResult:
+    def _train(self, algorithm, bcasts, task: ClientTask, state: State, batch_size: int, loss_fn, gradients) -> ClientResult:
         dev = self.slot.device
         if self.stream is None:
-            return self._train_here(algorithm, bcasts[dev], task, state, batch_size, loss_fn)
+            return self._train_here(algorithm, bcasts[dev], task, state, batch_size, loss_fn, gradients)
         # The broadcast and the data were written on the default stream: wait for them.
         self.stream.wait_stream(torch.cuda.default_stream(dev))
         with torch.cuda.stream(self.stream):
-            result = self._train_here(algorithm, bcasts[dev], task, state, batch_size, loss_fn)
+            result = self._train_here(algorithm, bcasts[dev], task, state, batch_size, loss_fn, gradients)
         self.stream.synchronize()
         # The caller reads these tensors on its default stream; tell the caching allocator
         # so their memory is not reused by this stream before that work is done.
@@ -200,8 +200,9 @@ class _Worker(threading.Thread):
                 t.record_stream(torch.cuda.default_stream(t.device))
         return result
 
-    def _train_here(self, algorithm, bcast: Broadcast, task: ClientTask, state: State, batch_size: int, loss_fn) -> ClientResult:
-        result = train_task(algorithm, self.replica, self.train_x, self.train_y, task, batch_size, bcast, state, loss_fn)
+    def _train_here(self, algorithm, bcast: Broadcast, task: ClientTask, state: State, batch_size: int, loss_fn,
+                    gradients) -> ClientResult:
+        result = train_task(algorithm, self.replica, self.train_x, self.train_y, task, batch_size, bcast, state, loss_fn, gradients)
         if self.out_device != self.slot.device:
             result.message = _message_to(result.message, self.out_device)
             result.buffers = None if result.buffers is None else result.buffers.to(self.out_device)

@@ -79,10 +79,12 @@ def step_flops(replica: FlatModule, x: torch.Tensor, y: torch.Tensor, loss_fn) -
 
 
 def choose_mode(
-    model_factory, train_x, train_y, batch_size: int, loss_fn, device: str = "cpu", *, devices=None, threads=None
+    model_factory, train_x, train_y, batch_size: int, loss_fn, device: str = "cpu", *, devices=None, threads=None,
+    gradients=None,
 ) -> tuple[str, str]:
     """``(mode, reason)`` for ``execution.mode=auto`` (rules in the module docstring);
-    takes :func:`build_executor`'s arguments (``threads`` does not enter the choice).
+    takes :func:`build_executor`'s arguments (``threads`` does not enter the choice; a
+    ``gradients`` source that is serial-only rules out ``vectorized``).
 
     Raises:
         SlotError: bad ``devices``.
@@ -96,7 +98,7 @@ def choose_mode(
     replica = FlatModule(model_factory().to(dev))
     x, y = train_x[:batch_size].to(dev), train_y[:batch_size].to(dev)
     flops = step_flops(replica, x, y, loss_fn)
-    problem = vectorization_problem(replica, x, y, batch_size, loss_fn)
+    problem = getattr(gradients, "serial_only", None) or vectorization_problem(replica, x, y, batch_size, loss_fn)
     cost = f"{flops / 1e6:.1f} MFLOP per client step"
     if problem is None and flops < VECTORIZE_MAX_FLOPS:
         return "vectorized", f"the model vectorises and {cost} < {VECTORIZE_MAX_FLOPS / 1e6:.0f}: per-step overhead dominates"

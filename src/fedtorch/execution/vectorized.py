@@ -40,7 +40,8 @@ bit, when it is built; see :func:`traced_gradient`). Models the transforms canno
 flow, in-place updates of inputs, random ops such as dropout, ...) fall back to the serial
 loop with a warning that names the reason; :attr:`VectorizedExecutor.fallback` holds it.
 So do models with BatchNorm or other buffers: a padded minibatch's batch statistics would
-count the padding, and running statistics are updated in place.
+count the padding, and running statistics are updated in place. And so does a gradient
+source other than the default (local DP-SGD: per-sample gradients of Poisson lots).
 
 Accuracy: the vectorised forward and backward (batched GEMMs, a padded loss) round
 differently from the one-client ones, so results agree with the serial executor to float
@@ -105,7 +106,8 @@ class VectorizedExecutor(Executor):
         self.trace = trace
         self._eager = _vmapped_gradient(self.replica.module, self.replica.layout, self.loss_fn)
         self._grad_fns: dict[int, GradFn] = {}
-        self.fallback = vectorization_problem(self.replica, self.train_x, self.train_y, self.batch_size, self.loss_fn, self._eager)
+        self.fallback = self.gradients.serial_only or vectorization_problem(
+            self.replica, self.train_x, self.train_y, self.batch_size, self.loss_fn, self._eager)
         self._warned_early_stopping = False
         if self.fallback is not None:
             warnings.warn(f"vectorized execution: {self.fallback}; falling back to serial execution", RuntimeWarning, stacklevel=2)

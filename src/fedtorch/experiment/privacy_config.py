@@ -1,13 +1,18 @@
 """The ``privacy`` section: DP-FedAvg's mechanism and accountant (:mod:`fedtorch.privacy`,
-wired by :mod:`fedtorch.federation.private_aggregation`)."""
+wired by :mod:`fedtorch.federation.private_aggregation`), or local DP-SGD's gradient source
+and its accounting (:class:`fedtorch.privacy.LocalDPSGD`, :mod:`fedtorch.federation.local_privacy`)."""
 
 from __future__ import annotations
 
-from omegaconf import DictConfig
+import dataclasses
+
+import torch
+from omegaconf import DictConfig, OmegaConf
 
 from fedtorch.experiment.errors import ConfigError
 
-MECHANISMS = ("dp_fedavg",)
+MECHANISMS = ("dp_fedavg", "dp_sgd")
+UNLIMITED = 10 ** 6  # the probe's query limit: it counts, it does not stop
 
 
 def check_privacy(cfg: DictConfig) -> None:
@@ -24,6 +29,9 @@ def check_privacy(cfg: DictConfig) -> None:
         return
     if p.mechanism not in MECHANISMS:
         raise ConfigError(f"privacy.mechanism={p.mechanism!r} is not allowed: null or one of {', '.join(MECHANISMS)}")
+    if p.mechanism == "dp_sgd":
+        _check_dp_sgd(cfg)
+        return
     if (p.noise_multiplier is None) == (p.target_epsilon is None):
         raise ConfigError("privacy.mechanism=dp_fedavg needs exactly one of privacy.noise_multiplier and "
                           f"privacy.target_epsilon (got {p.noise_multiplier!r} and {p.target_epsilon!r})")
@@ -45,7 +53,7 @@ def build_privacy(cfg: DictConfig, num_clients: int, clients_per_round: int):
     """
     check_privacy(cfg)
     p = cfg.privacy
-    if p.mechanism is None:
+    if p.mechanism != "dp_fedavg":
         return None, None
     from fedtorch.privacy import AdaptiveClip, DPFedAvg, noise_multiplier_for
 
@@ -66,3 +74,94 @@ def build_privacy(cfg: DictConfig, num_clients: int, clients_per_round: int):
         raise ConfigError(str(e)) from None
     except ImportError:
         raise ConfigError("privacy.mechanism=dp_fedavg needs dp-accounting: pip install 'fedtorch[privacy]'") from None
+
+
+def _check_dp_sgd(cfg: DictConfig) -> None:
+    p = cfg.privacy
+    if p.noise_multiplier is None or p.target_epsilon is not None:
+        raise ConfigError("privacy.mechanism=dp_sgd needs privacy.noise_multiplier (privacy.target_epsilon is not "
+                          f"supported for local DP-SGD; got {p.noise_multiplier!r} and {p.target_epsilon!r})")
+    for key, bad, allowed in (("privacy.sampling", p.sampling != "fixed", "fixed (client sampling is not credited)"),
+                              ("privacy.adaptive_clipping", p.adaptive_clipping, "false"),
+                              ("federation.mode", cfg.federation.mode == "async", "sync")):
+        if bad:
+            raise ConfigError(f"privacy.mechanism=dp_sgd cannot be combined with {key}="
+                              f"{OmegaConf.select(cfg, key)!r}: allowed {allowed} (docs/privacy.md)")
+    if p.accountant not in ("rdp", "pld"):
+        raise ConfigError(f"privacy.accountant={p.accountant!r} is not allowed: rdp or pld")
+
+
+def build_local_dpsgd(cfg: DictConfig, data, probe) -> tuple[object, object]:
+    """``(LocalDPSGD gradient source, LocalPrivacy accounting)`` of ``privacy.mechanism=dp_sgd``,
+    or the default source and no accounting. ``probe(source) -> m`` measures the most gradients
+    the algorithm takes in one local step (:func:`queries_per_step`), which the accountant charges.
+
+    Raises:
+        ConfigError: as :func:`check_privacy`, or a parameter the library rejects.
+    """
+    from fedtorch.execution.local_training import MINIBATCH
+    from fedtorch.federation.local_privacy import LocalPrivacy
+
+    check_privacy(cfg)
+    p = cfg.privacy
+    if p.mechanism != "dp_sgd":
+        return MINIBATCH, LocalPrivacy()
+    from fedtorch.privacy import LocalDPSGD, epsilon
+    from fedtorch.privacy.local_dpsgd import lot_rate
+
+    try:
+        source = LocalDPSGD(float(p.clip), float(p.noise_multiplier))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    try:
+        source = dataclasses.replace(source, queries_per_step=probe(source))
+    except ValueError as e:
+        raise ConfigError(f"privacy.mechanism='dp_sgd': {e}") from None
+    try:
+        rates = torch.tensor([lot_rate(int(n), cfg.client.batch_size) for n in data.sizes()], dtype=torch.float64)
+        epsilon(source.noise_multiplier, float(rates.max()), 0, p.delta, "poisson", p.accountant)  # checks delta, accountant
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    except ImportError:
+        raise ConfigError("privacy.mechanism=dp_sgd needs dp-accounting: pip install 'fedtorch[privacy]'") from None
+    return source, LocalPrivacy(source, rates, float(p.delta), p.accountant)
+
+
+def queries_per_step(algorithm, model_factory, train_x, train_y, indices, batch_size: int, loss_fn, x0, seed: int,
+                     lr: float, source, steps: int = 3) -> int:
+    """The most gradients ``algorithm`` takes in one of ``steps`` local steps of a client
+    with ``indices``, run on a fresh replica from ``x0`` with ``source``'s lots (counted,
+    not limited). Algorithms whose count depends on the step (Delta-SGD: 1 at the first,
+    2 after) show their largest within 3 steps; the source raises later if a step takes more.
+
+    Raises:
+        ValueError: the model cannot give per-sample gradients (BatchNorm).
+    """
+    from fedtorch.execution.local_training import train_task
+    from fedtorch.flat import FlatModule
+    from fedtorch.protocol import ClientTask, RoundContext
+
+    counting = _Counting(dataclasses.replace(source, queries_per_step=UNLIMITED))
+    replica = FlatModule(model_factory())
+    ctx = RoundContext(round=0, client_id=0, seed=seed, num_samples=int(indices.numel()), num_steps=steps, lr=lr)
+    server = algorithm.init_server(x0.cpu())
+    train_task(algorithm, replica, train_x, train_y, ClientTask(ctx, indices.cpu()), batch_size,
+               algorithm.broadcast(server), algorithm.init_client(x0.cpu()), loss_fn, counting)
+    return max(counting.most, 1)
+
+
+class _Counting:
+    """A gradient source handing out ``source``'s client lots, kept to read their query counts."""
+
+    serial_only = None
+
+    def __init__(self, source):
+        self.source, self.clients = source, []
+
+    def for_client(self, ctx, device):
+        self.clients.append(self.source.for_client(ctx, device))
+        return self.clients[-1]
+
+    @property
+    def most(self) -> int:
+        return max((c.most_queries for c in self.clients), default=0)

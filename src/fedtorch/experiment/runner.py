@@ -28,6 +28,7 @@ from fedtorch.data import DataFileError, FederatedData, PartitionError, load_spl
 from fedtorch.data.federated import ClientIndices, mean_steps_per_round
 from fedtorch.data.local_split import split_holdout
 from fedtorch.execution import build_executor
+from fedtorch.execution.local_training import MINIBATCH
 from fedtorch.experiment import plugins
 from fedtorch.experiment.atomic import write_text
 from fedtorch.experiment.checkpoint import CHECKPOINT_NAME, PREV_CHECKPOINT_NAME, read_checkpoint, save_checkpoint, save_model
@@ -41,6 +42,7 @@ from fedtorch.experiment.progress import RoundProgress
 from fedtorch.experiment.recorder import Recorder, final_result
 from fedtorch.experiment.run_files import CONFIG_NAME, check_config_digest, read_run_meta, write_run_files
 from fedtorch.experiment.selection import write_selection
+from fedtorch.experiment.privacy_config import queries_per_step
 from fedtorch.experiment.wire_config import build_wire
 from fedtorch.experiment.tracking import Tracking, open_tracking
 from fedtorch.federation import ClientStateStore, SyncSettings, run_sync
@@ -132,13 +134,17 @@ def prepare(cfg: DictConfig) -> Prepared:
                                                   cfg.client.local_steps),
         ),
     )
-    wire = build_wire(cfg, data, algorithm, clients_per_round(cfg)) if cfg.federation.mode != "async" else None
+    def probe(source) -> int:  # local DP-SGD: the algorithm's gradients per local step, on client 0
+        return queries_per_step(algorithm, model_factory, ds.train_x, ds.train_y, data.client_indices[0], cfg.client.batch_size,
+                                loss, x0, cfg.seed, cfg.client.lr, source)
+
+    wire = build_wire(cfg, data, algorithm, clients_per_round(cfg), probe) if cfg.federation.mode != "async" else None
     train_y = ds.train_y if wire is None else wire.train_y  # label flipping: the malicious clients' data
     e = cfg.execution
     executor = build_executor(
         e.mode, model_factory, ds.train_x, train_y, cfg.client.batch_size, loss, e.device,
         devices=None if e.devices is None else list(e.devices), threads=e.threads,
-        max_clients_per_step=e.max_clients_per_step,
+        max_clients_per_step=e.max_clients_per_step, gradients=MINIBATCH if wire is None else wire.gradients,
     )
     if cfg.federation.mode == "async":
         from fedtorch.experiment.async_run import async_settings
@@ -392,6 +398,10 @@ def _run_sync(prep: Prepared, run_dir: Path, resume: bool, on_row: Callable[[dic
     if prep.settings.privacy.mechanism is not None and metrics and metrics[-1].get("epsilon") is not None:
         tail.update(epsilon=metrics[-1]["epsilon"], privacy_delta=cfg.privacy.delta,
                     noise_multiplier=prep.settings.privacy.mechanism.noise_multiplier)
+    local = getattr(prep.settings, "local_privacy", None)
+    if local is not None and local.source is not None and metrics and metrics[-1].get("local_epsilon") is not None:
+        tail.update(local_epsilon=metrics[-1]["local_epsilon"], privacy_delta=cfg.privacy.delta,
+                    noise_multiplier=local.source.noise_multiplier, queries_per_step=local.source.queries_per_step)
     return RunOutcome(server=server, metrics=metrics, rounds=len(metrics),
                       selection=recorder.selection, result_tail=tail,
                       diverged=diverged)

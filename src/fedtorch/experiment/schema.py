@@ -182,8 +182,8 @@ class AttackConfig:
 
 @dataclass
 class PrivacyConfig:
-    mechanism: Optional[str] = None  # differential privacy: null (off) or dp_fedavg (clip each update, Gaussian noise on the sum; docs/privacy.md)
-    clip: float = 1.0  # C, the L2 clip norm of each client's update (the initial one with adaptive_clipping)
+    mechanism: Optional[str] = None  # differential privacy: null (off), dp_fedavg (clip each update, Gaussian noise on the sum) or dp_sgd (local DP-SGD: Poisson lots, per-sample clipping to privacy.clip, noise privacy.noise_multiplier; docs/privacy.md)
+    clip: float = 1.0  # C: the L2 clip norm of each client's update (dp_fedavg; the initial one with adaptive_clipping) or of each sample's gradient (dp_sgd)
     noise_multiplier: Optional[float] = None  # z: noise std z*C on the sum; null: chosen for privacy.target_epsilon over the planned rounds
     target_epsilon: Optional[float] = None  # epsilon at privacy.delta after all rounds, when privacy.noise_multiplier is null
     delta: float = 1.0e-5  # the delta of (epsilon, delta)-DP

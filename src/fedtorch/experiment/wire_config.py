@@ -11,8 +11,9 @@ from omegaconf import DictConfig
 
 from fedtorch.experiment.compression_config import build_compressor
 from fedtorch.experiment.errors import ConfigError
-from fedtorch.experiment.privacy_config import build_privacy
+from fedtorch.experiment.privacy_config import build_local_dpsgd, build_privacy
 from fedtorch.experiment.robust_config import build_aggregator, build_attack
+from fedtorch.federation.local_privacy import LocalPrivacy
 from fedtorch.federation.byzantine import Attack, RobustAggregation, check_robust
 from fedtorch.federation.server_rules import check_server_rule
 from fedtorch.federation.private_aggregation import PoissonSampling, PrivateAggregation
@@ -28,6 +29,8 @@ class Wire:
         uplink, attack, robust, privacy, secure: the :class:`~fedtorch.federation.SyncSettings` fields.
         train_y: ``(N,)`` training labels, the malicious clients' flipped under the
             label-flip attack (a new tensor then; the dataset's own otherwise).
+        gradients: the executors' gradient source (local DP-SGD's, or the default).
+        local_privacy: local DP-SGD's accounting (:class:`~fedtorch.federation.local_privacy.LocalPrivacy`).
     """
 
     uplink: Uplink
@@ -36,18 +39,20 @@ class Wire:
     privacy: PrivateAggregation
     secure: SecureSum
     train_y: torch.Tensor
+    gradients: object
+    local_privacy: LocalPrivacy
 
     def settings(self) -> dict:
         """The keyword arguments of ``SyncSettings`` (Poisson sampling's sampler included)."""
         out = {"uplink": self.uplink, "attack": self.attack, "robust": self.robust, "privacy": self.privacy,
-               "secure": self.secure}
+               "secure": self.secure, "local_privacy": self.local_privacy}
         mechanism = self.privacy.mechanism
         if mechanism is not None and mechanism.sampling == "poisson":
             out["sampler"] = PoissonSampling(mechanism.sampling_rate)
         return out
 
 
-def build_wire(cfg: DictConfig, data, algorithm, clients_per_round: int) -> Wire:
+def build_wire(cfg: DictConfig, data, algorithm, clients_per_round: int, probe=None) -> Wire:
     """The transforms of ``compression.*``, ``attack.*``, ``robust.*``, ``privacy.*`` and ``secagg.*``.
 
     Args:
@@ -56,6 +61,8 @@ def build_wire(cfg: DictConfig, data, algorithm, clients_per_round: int) -> Wire
         algorithm: the run's algorithm (robust aggregation and DP need its server step to be
             a server optimiser on the weighted mean of the deltas).
         clients_per_round: M.
+        probe: ``(LocalDPSGD) -> gradients per local step`` of the algorithm (local DP-SGD
+            only; :func:`~fedtorch.experiment.privacy_config.queries_per_step`).
 
     Raises:
         ConfigError: a bad value, a cohort too small for the robust rule, or an algorithm
@@ -81,9 +88,10 @@ def build_wire(cfg: DictConfig, data, algorithm, clients_per_round: int) -> Wire
             secure.protocol(clients_per_round)
         except ValueError as err:
             raise ConfigError(f"secagg.enabled=true: {err}") from None
+    gradients, local_privacy = build_local_dpsgd(cfg, data, probe)
     return Wire(Uplink(build_compressor(cfg), cfg.seed), attack, RobustAggregation(robust),
                 PrivateAggregation(mechanism, accountant, cfg.seed), secure,
-                attack.poison_labels(ds.train_y, data.client_indices))
+                attack.poison_labels(ds.train_y, data.client_indices), gradients, local_privacy)
 
 
 def build_secure_sum(cfg: DictConfig) -> SecureSum:
@@ -99,7 +107,8 @@ def build_secure_sum(cfg: DictConfig) -> SecureSum:
     a = cfg.secagg
     if not a.enabled:
         return SecureSum()
-    for key, other in (("robust.aggregator", cfg.robust.aggregator), ("privacy.mechanism", cfg.privacy.mechanism),
+    dp_fedavg = cfg.privacy.mechanism if cfg.privacy.mechanism == "dp_fedavg" else None  # local DP-SGD composes
+    for key, other in (("robust.aggregator", cfg.robust.aggregator), ("privacy.mechanism", dp_fedavg),
                        ("compression.method", cfg.compression.method),
                        ("federation.mode", "async" if cfg.federation.mode == "async" else None)):
         if other is not None:

@@ -17,6 +17,7 @@ import torch
 from fedtorch.data.federated import FederatedData
 from fedtorch.federation.byzantine import Attack, RobustAggregation
 from fedtorch.federation.client_states import ClientStateStore
+from fedtorch.federation.local_privacy import LocalPrivacy
 from fedtorch.federation.model_buffers import ModelBuffers
 from fedtorch.federation.private_aggregation import PrivateAggregation
 from fedtorch.federation.planning import Hooks, LocalWork, aggregation_weights, plan_tasks
@@ -49,6 +50,8 @@ class SyncSettings(LocalWork):
         attack, robust: simulated malicious clients and the server's robust rule
             (:mod:`fedtorch.federation.byzantine`).
         privacy: DP-FedAvg (:mod:`fedtorch.federation.private_aggregation`).
+        local_privacy: the accounting of local DP-SGD, which the executor's gradient source
+            runs (:mod:`fedtorch.federation.local_privacy`).
         secure: secure aggregation (:mod:`fedtorch.federation.secure_sum`).
     """
 
@@ -62,6 +65,7 @@ class SyncSettings(LocalWork):
     attack: Attack = Attack()
     robust: RobustAggregation = RobustAggregation()
     privacy: PrivateAggregation = PrivateAggregation()
+    local_privacy: LocalPrivacy = LocalPrivacy()
     secure: SecureSum = SecureSum()
 
 
@@ -79,8 +83,9 @@ class RoundReport:
         bytes_down, bytes_up: bytes sent to / received from clients.
         client_eval: per-client evaluation summary (mean, std, worst-10 %, best-10 %
             accuracy, see :mod:`fedtorch.federation.client_eval`), or None.
-        server_metrics: numbers of the server's transforms this round (DP: ``epsilon`` so
-            far, ``clip_norm``), or None.
+        server_metrics: numbers of the server's transforms this round (DP-FedAvg:
+            ``epsilon`` so far, ``clip_norm``; local DP-SGD: ``local_epsilon``,
+            ``local_epsilon_mean``), or None.
     """
 
     round: int
@@ -130,6 +135,7 @@ def run_sync(
         clients = [task.ctx.client_id for task in tasks]
         broadcast = s.buffers.broadcast(algorithm.broadcast(server), server)
         results, messages, own = _train(algorithm, executor, store, server, s, t, tasks, broadcast)
+        server, local_dp = s.local_privacy.account(server, tasks)
         valid = finite_rows(messages.delta) & torch.isfinite(messages.loss.to(messages.delta.device))
         ok = valid.tolist()
         kept_results = [r for r, good in zip(results, ok) if good]  # a rejected (non-finite) update
@@ -161,7 +167,7 @@ def run_sync(
             bytes_down=broadcast.nbytes * len(clients),
             bytes_up=sum(up),
             client_eval=client_eval,
-            server_metrics=server_metrics or None,
+            server_metrics={**server_metrics, **local_dp} or None,
         )
         if on_round is not None:
             on_round(server, report)

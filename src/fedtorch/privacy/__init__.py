@@ -7,6 +7,7 @@
 * :func:`epsilon`, :func:`noise_multiplier_for`, :class:`Accountant` -- accounting by Google's
   ``dp-accounting`` (RDP or PLD), never by our own formulas.
 * :func:`dp_sgd_gradient` -- local DP-SGD with per-sample clipping (Abadi et al. CCS 2016, Alg. 1).
+* :class:`LocalDPSGD` -- local DP-SGD as an executor's gradient source (Poisson lots, noisy clipped gradients).
 * :class:`DPFedAvg` -- the server-side pieces in order.
 
 State is explicit: ``{"clip": C}`` (adaptive clipping) and ``{"steps": n}`` (accountant) are
@@ -19,11 +20,12 @@ from fedtorch.privacy.adaptive import AdaptiveClip
 from fedtorch.privacy.clipping import ClipOut, clip_updates
 from fedtorch.privacy.dpfedavg import DPAggregate, DPFedAvg
 from fedtorch.privacy.dpsgd import dp_sgd_gradient, per_sample_gradients
+from fedtorch.privacy.local_dpsgd import LocalDPSGD
 from fedtorch.privacy.gaussian import expected_clients, noisy_mean
 from fedtorch.privacy.sampling import fixed_sample, poisson_sample
 
 __all__ = [
-    "Accountant", "AdaptiveClip", "ClipOut", "DPAggregate", "DPFedAvg", "clip_updates", "dp_event", "dp_sgd_gradient",
+    "Accountant", "AdaptiveClip", "ClipOut", "DPAggregate", "DPFedAvg", "LocalDPSGD", "clip_updates", "dp_event", "dp_sgd_gradient",
     "epsilon", "expected_clients", "fixed_sample", "make_accountant", "noise_multiplier_for", "noisy_mean",
     "per_sample_gradients", "poisson_sample",
 ]

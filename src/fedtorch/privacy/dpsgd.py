@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.func import functional_call, grad, vmap
+from torch.func import functional_call, grad_and_value, vmap
 
 from fedtorch.flat import ParamLayout
 from fedtorch.privacy._checks import check_clip, check_generator, check_sigma
@@ -43,8 +43,14 @@ def per_sample_gradients(module: nn.Module, layout: ParamLayout, flat_params: to
     Raises:
         ValueError: a BatchNorm layer in ``module``; shapes that do not match.
     """
-    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules()):
-        raise ValueError("per-sample gradients (DP-SGD) are undefined with BatchNorm layers: use GroupNorm or no norm layer")
+    return per_sample_losses_and_gradients(module, layout, flat_params, x, y, loss_fn)[1]
+
+
+def per_sample_losses_and_gradients(module: nn.Module, layout: ParamLayout, flat_params: torch.Tensor, x: torch.Tensor,
+                                    y: torch.Tensor, loss_fn) -> tuple[torch.Tensor, torch.Tensor]:
+    """``((B,) per-sample losses, (B, P) per-sample gradients)`` (arguments and errors as
+    :func:`per_sample_gradients`; one ``vmap(grad_and_value)`` pass gives both)."""
+    check_per_sample_model(module)
     if flat_params.shape != (layout.numel,):
         raise ValueError(f"flat_params must have shape ({layout.numel},), got {tuple(flat_params.shape)}")
     if x.shape[0] != y.shape[0] or x.shape[0] < 1:
@@ -53,8 +59,15 @@ def per_sample_gradients(module: nn.Module, layout: ParamLayout, flat_params: to
     def sample_loss(params: dict[str, torch.Tensor], xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
         return loss_fn(functional_call(module, params, (xi.unsqueeze(0),)), yi.unsqueeze(0), reduction="sum")
 
-    grads = vmap(grad(sample_loss), in_dims=(None, 0, 0))(layout.unflatten(flat_params), x, y)
-    return layout.cat(grads)
+    grads, losses = vmap(grad_and_value(sample_loss), in_dims=(None, 0, 0))(layout.unflatten(flat_params), x, y)
+    return losses.detach(), layout.cat(grads)
+
+
+def check_per_sample_model(module: nn.Module) -> None:
+    """Raise ``ValueError`` if ``module`` has a BatchNorm layer: it mixes the samples of a
+    batch, so no per-sample gradient exists (Opacus refuses it too)."""
+    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules()):
+        raise ValueError("per-sample gradients (DP-SGD) are undefined with BatchNorm layers: use GroupNorm or no norm layer")
 
 
 def dp_sgd_gradient(module: nn.Module, layout: ParamLayout, flat_params: torch.Tensor, x: torch.Tensor,
@@ -76,11 +89,46 @@ def dp_sgd_gradient(module: nn.Module, layout: ParamLayout, flat_params: torch.T
         ValueError: ``privacy.clip`` / ``privacy.noise_multiplier`` out of range (sigma > 0
             needs a finite C), a bad generator, or the errors of :func:`per_sample_gradients`.
     """
+    if x.shape[0] < 1:
+        raise ValueError(f"x and y need the same batch size B >= 1, got {tuple(x.shape)} and {tuple(y.shape)}")
+    return dp_sgd_step(module, layout, flat_params, x, y, loss_fn, clip, sigma, gen, x.shape[0])[1]
+
+
+def dp_sgd_step(module: nn.Module, layout: ParamLayout, flat_params: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
+                loss_fn, clip: float, sigma: float, gen: torch.Generator, lot_size: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """One DP-SGD query on a lot: ``(mean loss, (sum_i clip_C(g_i) + N(0, sigma^2 C^2 I)) / L)``.
+
+    The divisor is the *expected* lot size ``L`` (Abadi et al. 2016, Alg. 1 divides by the
+    lot size L; with Poisson lots the realised size varies and dividing by it would make the
+    sensitivity data-dependent, so ``L = q n``, as Opacus does). An empty lot (B = 0) gives
+    ``noise / L`` and loss 0. The loss (the lot's mean unclipped sample loss) is a metric of
+    the simulation: it is not privatised.
+
+    Args:
+        module, layout, flat_params, loss_fn: as :func:`per_sample_gradients`.
+        x: ``(B, ...)`` the lot's inputs (B >= 0), y: ``(B,)`` targets.
+        clip, sigma, gen: as :func:`dp_sgd_gradient` (P standard normals drawn per call).
+        lot_size: L > 0, in samples.
+
+    Returns:
+        ``(loss (0-dim), gradient (P,))`` in ``flat_params``' dtype.
+
+    Raises:
+        ValueError: as :func:`dp_sgd_gradient`, or ``lot_size`` not > 0.
+    """
     check_clip(clip)
     check_sigma(sigma, clip)
     check_generator(gen, flat_params)
-    per_sample = per_sample_gradients(module, layout, flat_params, x, y, loss_fn).detach()
-    clipped = clip_updates(per_sample, clip).clipped.double()
+    if not lot_size > 0:
+        raise ValueError(f"lot_size must be > 0 samples, got {lot_size!r}")
+    if x.shape[0] == 0:
+        check_per_sample_model(module)
+        total = torch.zeros(layout.numel, dtype=torch.float64, device=flat_params.device)
+        loss = torch.zeros((), dtype=flat_params.dtype, device=flat_params.device)
+    else:
+        losses, per_sample = per_sample_losses_and_gradients(module, layout, flat_params, x, y, loss_fn)
+        total = clip_updates(per_sample.detach(), clip).clipped.double().sum(dim=0)
+        loss = losses.mean().to(flat_params.dtype)
     noise = torch.randn(layout.numel, generator=gen, dtype=torch.float64, device=flat_params.device)
     std = sigma * clip if sigma > 0 else 0.0
-    return ((clipped.sum(dim=0) + std * noise) / x.shape[0]).to(flat_params.dtype)
+    return loss, ((total + std * noise) / lot_size).to(flat_params.dtype)
