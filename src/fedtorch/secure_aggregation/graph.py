@@ -3,10 +3,16 @@
 SecAgg (Bonawitz et al. CCS 2017, Sec. 4) pairs every client with every other one, so each
 client agrees n - 1 keys and sends n - 1 shares. SecAgg+ (Bell et al. CCS 2020) replaces the
 complete graph by a sparse random graph of degree k = O(log n); masks and Shamir shares are
-exchanged along its edges only. Following the Harary-graph variant (as in Flower's SecAgg+;
-the paper's exact section for this choice is unverified here), the graph is H(n, k): nodes
+exchanged along its edges only. The graph is H(n, k): nodes
 on a ring after a uniformly random relabelling, each joined to its k/2 nearest ring neighbours
-on either side, so it is exactly k-regular and connected.
+on either side, so it is exactly k-regular and connected. Checked against Google's
+implementation (google-parfait/federated-compute, ``fcp/secagg/server/secret_sharing_harary_graph.h``):
+the same ring of degree/2 predecessors and successors under a uniformly random permutation of
+the ids, plus a self-edge, with an odd "degree" that counts it (their degree = our k + 1).
+Their threshold comes from a parameter finder (``graph_parameter_finder.h``: security and
+correctness parameters, dropout and adversary rates); ours is the configured fraction
+``secagg.threshold`` of the k + 1 share holders. Which section of Bell et al. states the
+construction was not checked.
 """
 
 from __future__ import annotations
