@@ -25,7 +25,6 @@ from torch.func import functional_call, grad_and_value, vmap
 
 from fedtorch.flat import ParamLayout
 from fedtorch.privacy._checks import check_clip, check_generator, check_sigma
-from fedtorch.privacy.clipping import clip_updates
 
 
 def per_sample_gradients(module: nn.Module, layout: ParamLayout, flat_params: torch.Tensor, x: torch.Tensor,
@@ -94,6 +93,20 @@ def dp_sgd_gradient(module: nn.Module, layout: ParamLayout, flat_params: torch.T
     return dp_sgd_step(module, layout, flat_params, x, y, loss_fn, clip, sigma, gen, x.shape[0])[1]
 
 
+def clipped_sum(per_sample: torch.Tensor, clip: float) -> torch.Tensor:
+    """``(P,)``: ``sum_i g_i min(1, C / ||g_i||)`` of the ``(B, P)`` rows, in their dtype.
+
+    The same rule as :func:`~fedtorch.privacy.clipping.clip_updates` (which it matches to
+    float32 rounding), done in the rows' dtype as one matrix-vector product: at B = 32 and
+    P = 1.7 M (the FedAvg CNN) that takes 30 ms against 1.2 s for ``clip_updates``' float64
+    copies and checks. Norms are float32 here, so a clipped row's norm may exceed C by a
+    relative 1e-6. Non-finite rows propagate into the sum (the loop then drops the update).
+    """
+    norms = torch.linalg.vector_norm(per_sample, dim=1)
+    scale = (clip / norms.clamp(min=torch.finfo(norms.dtype).tiny)).clamp(max=1.0)
+    return scale.to(per_sample.dtype) @ per_sample
+
+
 def dp_sgd_step(module: nn.Module, layout: ParamLayout, flat_params: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
                 loss_fn, clip: float, sigma: float, gen: torch.Generator, lot_size: float) -> tuple[torch.Tensor, torch.Tensor]:
     """One DP-SGD query on a lot: ``(mean loss, (sum_i clip_C(g_i) + N(0, sigma^2 C^2 I)) / L)``.
@@ -127,7 +140,7 @@ def dp_sgd_step(module: nn.Module, layout: ParamLayout, flat_params: torch.Tenso
         loss = torch.zeros((), dtype=flat_params.dtype, device=flat_params.device)
     else:
         losses, per_sample = per_sample_losses_and_gradients(module, layout, flat_params, x, y, loss_fn)
-        total = clip_updates(per_sample.detach(), clip).clipped.double().sum(dim=0)
+        total = clipped_sum(per_sample.detach(), clip).double()
         loss = losses.mean().to(flat_params.dtype)
     noise = torch.randn(layout.numel, generator=gen, dtype=torch.float64, device=flat_params.device)
     std = sigma * clip if sigma > 0 else 0.0
