@@ -165,3 +165,17 @@ class _Counting:
     @property
     def most(self) -> int:
         return max((c.most_queries for c in self.clients), default=0)
+
+
+def privacy_results(settings, delta: float, last_row: dict) -> dict:
+    """The ``result.json`` keys of a DP run from its last metrics row: DP-FedAvg's
+    ``epsilon`` or local DP-SGD's ``local_epsilon``, with ``privacy_delta``,
+    ``noise_multiplier`` (and ``queries_per_step``); ``{}`` without DP."""
+    mechanism = settings.privacy.mechanism
+    if mechanism is not None and last_row.get("epsilon") is not None:
+        return {"epsilon": last_row["epsilon"], "privacy_delta": delta, "noise_multiplier": mechanism.noise_multiplier}
+    source = settings.local_privacy.source
+    if source is not None and last_row.get("local_epsilon") is not None:
+        return {"local_epsilon": last_row["local_epsilon"], "privacy_delta": delta,
+                "noise_multiplier": source.noise_multiplier, "queries_per_step": source.queries_per_step}
+    return {}

@@ -42,7 +42,7 @@ from fedtorch.experiment.progress import RoundProgress
 from fedtorch.experiment.recorder import Recorder, final_result
 from fedtorch.experiment.run_files import CONFIG_NAME, check_config_digest, read_run_meta, write_run_files
 from fedtorch.experiment.selection import write_selection
-from fedtorch.experiment.privacy_config import queries_per_step
+from fedtorch.experiment.privacy_config import privacy_results, queries_per_step
 from fedtorch.experiment.wire_config import build_wire
 from fedtorch.experiment.tracking import Tracking, open_tracking
 from fedtorch.federation import ClientStateStore, SyncSettings, run_sync
@@ -395,13 +395,8 @@ def _run_sync(prep: Prepared, run_dir: Path, resume: bool, on_row: Callable[[dic
     metrics = recorder.metrics
     client_evals = [m for m in metrics if m.get("client_acc_mean") is not None]
     tail = {k: v for k, v in client_evals[-1].items() if k.startswith(("client_acc", "personal_acc"))} if client_evals else {}
-    if prep.settings.privacy.mechanism is not None and metrics and metrics[-1].get("epsilon") is not None:
-        tail.update(epsilon=metrics[-1]["epsilon"], privacy_delta=cfg.privacy.delta,
-                    noise_multiplier=prep.settings.privacy.mechanism.noise_multiplier)
-    local = getattr(prep.settings, "local_privacy", None)
-    if local is not None and local.source is not None and metrics and metrics[-1].get("local_epsilon") is not None:
-        tail.update(local_epsilon=metrics[-1]["local_epsilon"], privacy_delta=cfg.privacy.delta,
-                    noise_multiplier=local.source.noise_multiplier, queries_per_step=local.source.queries_per_step)
+    if metrics:
+        tail.update(privacy_results(prep.settings, cfg.privacy.delta, metrics[-1]))
     return RunOutcome(server=server, metrics=metrics, rounds=len(metrics),
                       selection=recorder.selection, result_tail=tail,
                       diverged=diverged)
