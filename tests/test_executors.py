@@ -26,7 +26,7 @@ from fedtorch.data.federated import minibatch_indices
 from fedtorch.execution import EXECUTORS, ParallelExecutor, SerialExecutor, VectorizedExecutor
 from fedtorch.execution.local_training import train_task
 from fedtorch.execution.slots import intra_op_threads
-from fedtorch.execution.vectorized import padded_minibatches
+from fedtorch.execution.client_stacking import padded_minibatches
 from fedtorch.federation import ClientStateStore, SyncSettings, run_sync
 from fedtorch.flat import FlatModule
 from fedtorch.protocol import Broadcast, FederationInfo, ClientMessage, ClientTask, RoundContext
