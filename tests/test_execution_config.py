@@ -54,7 +54,7 @@ CLI_CASES = [
     (["execution.mode=parallel", "execution.devices=[cpu/0,cpu/0]"], "execution.devices: slot 'cpu/0' is listed twice"),
     (["execution.threads=0"], "execution.threads=0 is not allowed: must be null or >= 1"),
     (["execution.max_clients_per_step=0"], "execution.max_clients_per_step=0 is not allowed"),
-    (["execution.mode=turbo"], "execution.mode: unknown value 'turbo'; allowed: auto, parallel, serial, vectorized"),
+    (["execution.mode=turbo"], "execution.mode: unknown value 'turbo'; allowed: auto, distributed, parallel, serial, vectorized"),
 ]
 
 

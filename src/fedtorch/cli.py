@@ -146,6 +146,10 @@ def _cmd_run(args) -> int:
         if api.is_complete(run_dir):
             print(f"{run_dir} is already complete ({RESULT_NAME} exists); nothing to resume")
             return 0
+        if cfg.execution.mode == "distributed":  # every rank reads run_dir/config.yaml; rank 0 resumes
+            from fedtorch.experiment import distributed_run
+
+            return distributed_run.main(cfg, None, _report, resume_dir=run_dir)
         prep = api.prepare_resume(cfg, run_dir)  # resumability needs no data: checked before the data is loaded
         print(f"execution: {prep.executor.description}", flush=True)
         return _report(run_dir, api.finish(prep, run_dir, resume=True).result)
@@ -157,6 +161,10 @@ def _cmd_run(args) -> int:
         print(f"sweep finished: {sweep_dir / 'summary.csv'}")
         return 0
     cfg, folder = api.configure(args.experiment, args.overrides, quiet=False)
+    if cfg.execution.mode == "distributed":  # every torchrun process; rank 0 runs the loop (docs/distributed.md)
+        from fedtorch.experiment import distributed_run
+
+        return distributed_run.main(cfg, folder, _report)
     prep, run_dir = api.start(cfg, folder)
     print(f"run directory: {run_dir}\nexecution: {prep.executor.description}", flush=True)
     try:

@@ -11,6 +11,7 @@ never contains algorithm-specific code: it calls the algorithm's hooks through
 | ``parallel`` | :class:`ParallelExecutor` | worker threads on device slots (``cpu/0``, ``cuda:0/1``) |
 | ``vectorized`` | :class:`VectorizedExecutor` | C clients per step with ``torch.func.vmap`` |
 | ``auto`` | :func:`build_executor` | picks one of the above and says why |
+| ``distributed`` | :class:`~fedtorch.execution.distributed.DistributedExecutor` | a round's clients over torchrun processes, each with one of the above (docs/distributed.md) |
 """
 
 from fedtorch.execution.parallel import ParallelExecutor

@@ -28,7 +28,7 @@ from fedtorch.execution.vectorized import VectorizedExecutor, vectorization_prob
 from fedtorch.flat import FlatModule
 
 EXECUTORS = {"serial": SerialExecutor, "parallel": ParallelExecutor, "vectorized": VectorizedExecutor}
-MODES = (*EXECUTORS, "auto")
+MODES = (*EXECUTORS, "auto", "distributed")  # distributed: under torchrun, fedtorch.execution.distributed
 
 # Measured on a 2-core CPU (docs/performance.md): the vectorised executor is 5-10x faster
 # than serial on logistic regression (0.3 MFLOP per step at B=10), but 1.1-1.7x slower on
@@ -43,7 +43,8 @@ def build_executor(mode: str, *args, devices: Sequence[str] | None = None, max_c
     and prefixes its ``description`` with the choice and the reason.
 
     Args:
-        mode: ``serial``, ``parallel``, ``vectorized`` or ``auto``.
+        mode: ``serial``, ``parallel``, ``vectorized``, ``auto`` or ``distributed`` (then also
+            ``worker_mode``, ``server_trains`` and ``session``, see :func:`_distributed`).
         *args, **kwargs: the executors' common arguments (``model_factory, train_x,
             train_y, batch_size, loss_fn, device="cpu", threads=None``; see
             :class:`~fedtorch.execution.base.Executor`).
@@ -54,6 +55,8 @@ def build_executor(mode: str, *args, devices: Sequence[str] | None = None, max_c
         ValueError: unknown ``mode`` (message lists the allowed ones).
         SlotError: bad ``devices``.
     """
+    if mode == "distributed":  # each rank trains with a local executor of execution.worker_mode
+        return _distributed(*args, devices=devices, max_clients_per_step=max_clients_per_step, **kwargs)
     reason = None
     if mode == "auto":
         mode, reason = choose_mode(*args, devices=devices, **kwargs)
@@ -67,6 +70,25 @@ def build_executor(mode: str, *args, devices: Sequence[str] | None = None, max_c
     if reason is not None:
         executor.description = f"auto picked {mode} ({reason}): {executor.description}"
     return executor
+
+
+def _distributed(*args, worker_mode: str = "serial", server_trains: bool = True, session=None, **kwargs):
+    """The :class:`~fedtorch.execution.distributed.DistributedExecutor` of a started
+    ``session`` (:mod:`fedtorch.execution.distributed_setup`) around a local executor of
+    ``worker_mode`` (``serial``, ``parallel`` or ``vectorized``) built from ``args``/``kwargs``.
+
+    Raises:
+        ValueError: no session, or ``worker_mode`` not one of :data:`EXECUTORS`.
+    """
+    from fedtorch.execution.distributed import DistributedExecutor
+
+    if session is None:
+        raise ValueError("execution.mode=distributed needs a started torch.distributed session (run it under torchrun)")
+    if worker_mode not in EXECUTORS:
+        raise ValueError(f"execution.worker_mode: unknown value {worker_mode!r}; allowed: {', '.join(EXECUTORS)}")
+    local = build_executor(worker_mode, *args, **kwargs)
+    return DistributedExecutor(local, session.env.rank, session.env.world_size, control=session.control,
+                               data=session.data, server_trains=server_trains, timeout_s=session.timeout_s)
 
 
 def step_flops(replica: FlatModule, x: torch.Tensor, y: torch.Tensor, loss_fn) -> int:

@@ -141,10 +141,16 @@ def prepare(cfg: DictConfig) -> Prepared:
     wire = build_wire(cfg, data, algorithm, clients_per_round(cfg), probe) if cfg.federation.mode != "async" else None
     train_y = ds.train_y if wire is None else wire.train_y  # label flipping: the malicious clients' data
     e = cfg.execution
+    distributed = {}
+    if e.mode == "distributed":  # this rank's place and process groups (fedtorch.experiment.distributed_run)
+        from fedtorch.experiment.distributed_run import executor_options
+
+        distributed = executor_options(cfg)
     executor = build_executor(
         e.mode, model_factory, ds.train_x, train_y, cfg.client.batch_size, loss, e.device,
         devices=None if e.devices is None else list(e.devices), threads=e.threads,
         max_clients_per_step=e.max_clients_per_step, gradients=MINIBATCH if wire is None else wire.gradients,
+        **distributed,
     )
     if cfg.federation.mode == "async":
         from fedtorch.experiment.async_run import async_settings

@@ -125,11 +125,14 @@ class EvalConfig:
 
 @dataclass
 class ExecutionConfig:
-    mode: str = "serial"  # serial | parallel | vectorized | auto (picks one and prints which and why)
+    mode: str = "serial"  # serial | parallel | vectorized | auto (picks one and prints which and why) | distributed (under torchrun, docs/distributed.md)
     device: str = "cpu"  # cpu | cuda | cuda:<i>: data, server and evaluation
     devices: Optional[List[str]] = None  # parallel worker slots "cpu/<slot>" | "cuda:<gpu>/<slot>"; null: two on `device`
     threads: Optional[int] = None  # intra-op threads per client; null: all (serial, vectorized), split among CPU slots (parallel)
     max_clients_per_step: Optional[int] = None  # vectorized: clients trained at once; null: what fits a memory budget
+    worker_mode: str = "serial"  # distributed: each rank's local executor, serial | parallel | vectorized (docs/distributed.md)
+    server_trains: bool = True  # distributed: rank 0 trains a share of the clients too; false: it only serves
+    timeout_s: float = 300.0  # distributed: seconds rank 0 waits for a worker (a worker twice that for rank 0), more than a rank's share of a round and rank 0's evaluation; then the run stops naming the rank
 
 
 @dataclass
