@@ -1,4 +1,4 @@
-"""Benchmark: execution.mode=distributed against the serial executor on W2.
+"""Benchmark: execution.mode=distributed against the single-process executors on W2 and W3.
 
 W2 is the bench workload of ``benchmarks/engines.py`` (Fashion-MNIST, 100 clients,
 Dirichlet alpha 0.5, FedAvg CNN, 10 clients/round, 1 local epoch, batch 32, lr 0.05).
@@ -12,13 +12,25 @@ one after another, with the global model evaluated only at the end:
 - ``dist-2w``: ``torchrun --nproc-per-node 3``, ``server_trains=false``: two workers;
 - ``dist-2t``: ``torchrun --nproc-per-node 2``: rank 0 and one worker both train.
 
+W3 (``benchmarks/engines.py``: 10,000 clients, 1,000 per round, logistic regression, tiny
+shards) is the vectorised executor's workload:
+
+- ``W3-serial-1t`` and ``W3-vec-1t``: the serial and the vectorized executor, 1 thread;
+- ``W3-dist-2w-vec``: ``torchrun --nproc-per-node 3``, ``server_trains=false``,
+  ``execution.worker_mode=vectorized``: two worker processes, each training its share of
+  the 1,000 clients vectorised.
+
+A vectorised run equals serial within float tolerance, not bit for bit (docs/performance.md),
+so W3's column gives the largest relative difference of the final model from
+``W3-serial-1t`` instead.
+
 Every rank runs with 1 intra-op thread. s/round is the median of the rounds after the
 first (``wall_seconds`` of ``metrics.jsonl``: training and aggregation, no evaluation);
 communication is rank 0's transfer seconds and bytes per round from
 ``distributed_traffic.jsonl`` (sending the work; moving the results' payloads). The
 script also checks that every distributed model equals ``serial-1t``'s bit for bit.
 
-    .venv/bin/python benchmarks/distributed.py [--rounds 5] [--variants serial-1t,dist-1w] [--json]
+    .venv/bin/python benchmarks/distributed.py [--rounds 5] [--variants serial-1t,dist-1w,W3-vec-1t] [--json]
 """
 
 from __future__ import annotations
@@ -39,20 +51,25 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from engines import WORKLOADS  # noqa: E402
 
 BIN = Path(sys.executable).parent
-VARIANTS = {  # name -> (processes (0: no torchrun), overrides)
-    "serial-1t": (0, ["execution.mode=serial", "execution.threads=1"]),
-    "serial-2t": (0, ["execution.mode=serial", "execution.threads=2"]),
-    "dist-1w": (2, ["execution.mode=distributed", "execution.threads=1", "execution.server_trains=false"]),
-    "dist-2w": (3, ["execution.mode=distributed", "execution.threads=1", "execution.server_trains=false"]),
-    "dist-2t": (2, ["execution.mode=distributed", "execution.threads=1"]),
+VARIANTS = {  # name -> (workload, processes (0: no torchrun), overrides)
+    "serial-1t": ("W2", 0, ["execution.mode=serial", "execution.threads=1"]),
+    "serial-2t": ("W2", 0, ["execution.mode=serial", "execution.threads=2"]),
+    "dist-1w": ("W2", 2, ["execution.mode=distributed", "execution.threads=1", "execution.server_trains=false"]),
+    "dist-2w": ("W2", 3, ["execution.mode=distributed", "execution.threads=1", "execution.server_trains=false"]),
+    "dist-2t": ("W2", 2, ["execution.mode=distributed", "execution.threads=1"]),
+    "W3-serial-1t": ("W3", 0, ["execution.mode=serial", "execution.threads=1"]),
+    "W3-vec-1t": ("W3", 0, ["execution.mode=vectorized", "execution.threads=1"]),
+    "W3-dist-2w-vec": ("W3", 3, ["execution.mode=distributed", "execution.threads=1", "execution.server_trains=false",
+                                 "execution.worker_mode=vectorized"]),
 }
+REFERENCE = {"W2": "serial-1t", "W3": "W3-serial-1t"}  # what each workload's models are compared with
 
 
-def write_experiment(root: Path, rounds: int) -> Path:
-    """W2 as an experiment folder (evaluation only after the last round)."""
-    folder = root / "experiments" / "Bench" / "W2"
+def write_experiment(root: Path, workload: str, rounds: int) -> Path:
+    """``workload`` as an experiment folder (evaluation only after the last round)."""
+    folder = root / "experiments" / "Bench" / workload
     folder.mkdir(parents=True)
-    config = {**WORKLOADS["W2"], "rounds": rounds, "algorithm": {"name": "fedavg"}, "logging": {"progress": "none"},
+    config = {**WORKLOADS[workload], "rounds": rounds, "algorithm": {"name": "fedavg"}, "logging": {"progress": "none"},
               "eval": {"every": rounds}, "output_dir": str(root / "runs")}
     (folder / "config.py").write_text(f"CONFIG = {config!r}\n")
     return folder
@@ -60,7 +77,7 @@ def write_experiment(root: Path, rounds: int) -> Path:
 
 def run_variant(name: str, folder: Path, out: Path) -> Path:
     """One ``fedtorch run`` of ``folder`` as variant ``name``; its run directory."""
-    procs, overrides = VARIANTS[name]
+    _, procs, overrides = VARIANTS[name]
     cmd = [str(BIN / "fedtorch"), "run", str(folder), *overrides, f"output_dir={out / name}"]
     if procs:
         cmd = [str(BIN / "torchrun"), "--standalone", "--nproc-per-node", str(procs), *cmd]
@@ -86,7 +103,8 @@ def summarize(name: str, run_dir: Path, reference: Path | None) -> dict:
     if reference is not None:
         a = torch.load(run_dir / "model.pt", weights_only=True)
         b = torch.load(reference / "model.pt", weights_only=True)
-        out["equals_serial_1t"] = a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+        out["equals_reference"] = a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+        out["max_rel_diff"] = max(float((a[k] - b[k]).norm() / b[k].norm().clamp(min=1e-30)) for k in a)
     return out
 
 
@@ -101,29 +119,33 @@ def main(argv: list[str] | None = None) -> None:
     if unknown:
         ap.error(f"unknown variant(s) {', '.join(unknown)}; known: {', '.join(VARIANTS)}")
     with tempfile.TemporaryDirectory() as tmp:
-        folder = write_experiment(Path(tmp), args.rounds)
+        folders = {w: write_experiment(Path(tmp), w, args.rounds) for w in dict.fromkeys(VARIANTS[n][0] for n in names)}
         load = os.getloadavg()[0]
-        dirs = {name: run_variant(name, folder, Path(tmp) / "out") for name in names}
-        reference = dirs.get("serial-1t")
-        results = [summarize(n, d, reference if n.startswith("dist") else None) for n, d in dirs.items()]
-    base = next((r["s_per_round"] for r in results if r["variant"] == "serial-1t"), None)
+        dirs = {name: run_variant(name, folders[VARIANTS[name][0]], Path(tmp) / "out") for name in names}
+        results = []
+        for n, d in dirs.items():
+            ref = REFERENCE[VARIANTS[n][0]]
+            results.append({"workload": VARIANTS[n][0], **summarize(n, d, dirs.get(ref) if n != ref else None)})
     for r in results:
-        r["ratio_to_serial_1t"] = None if base is None else round(r["s_per_round"] / base, 3)
-    meta = {"workload": "W2", "rounds": args.rounds, "cpu_count": os.cpu_count(), "torch": torch.__version__,
+        base = next((b["s_per_round"] for b in results if b["variant"] == REFERENCE[r["workload"]]), None)
+        r["ratio_to_reference"] = None if base is None else round(r["s_per_round"] / base, 3)
+    meta = {"workloads": sorted(folders), "rounds": args.rounds, "cpu_count": os.cpu_count(), "torch": torch.__version__,
             "python": platform.python_version(), "load_avg_1min": [round(load, 2), round(os.getloadavg()[0], 2)]}
     if args.json:
         print(json.dumps({**meta, "variants": results}))
         return
-    print(f"W2, {args.rounds} rounds, {meta['cpu_count']} CPUs, torch {meta['torch']}, load average {meta['load_avg_1min']} (start, end)")
-    print(f"  {'variant':10s} {'s/round':>8s} {'ratio':>6s} {'comm s':>7s} {'wait s':>7s} {'MB down/rank':>13s} {'MB up/rank':>11s}  same bits")
+    print(f"{args.rounds} rounds, {meta['cpu_count']} CPUs, torch {meta['torch']}, load average {meta['load_avg_1min']} (start, end); "
+          "ratio and model against serial-1t (W2) or W3-serial-1t (W3)")
+    print(f"  {'variant':15s} {'s/round':>8s} {'ratio':>6s} {'comm s':>7s} {'wait s':>7s} {'MB down/rank':>13s} {'MB up/rank':>11s}  model")
     for r in results:
         comm = f"{r['comm_s_per_round']:7.3f}" if "comm_s_per_round" in r else f"{'-':>7s}"
         wait = f"{r['wait_s_per_round']:7.3f}" if "wait_s_per_round" in r else f"{'-':>7s}"
         down = ",".join(f"{v / 1e6:.2f}" for v in r.get("bytes_down_per_round", {}).values()) or "-"
         up = ",".join(f"{v / 1e6:.2f}" for v in r.get("bytes_up_per_round", {}).values()) or "-"
-        ratio = "-" if r["ratio_to_serial_1t"] is None else f"{r['ratio_to_serial_1t']:.2f}"
-        same = {True: "yes", False: "NO"}.get(r.get("equals_serial_1t"), "-")
-        print(f"  {r['variant']:10s} {r['s_per_round']:8.3f} {ratio:>6s} {comm} {wait} {down:>13s} {up:>11s}  {same}")
+        ratio = "-" if r["ratio_to_reference"] is None else f"{r['ratio_to_reference']:.2f}"
+        same = "-" if "equals_reference" not in r else (
+            "same bits" if r["equals_reference"] else f"rel. diff {r['max_rel_diff']:.1e}")
+        print(f"  {r['variant']:15s} {r['s_per_round']:8.3f} {ratio:>6s} {comm} {wait} {down:>13s} {up:>11s}  {same}")
 
 
 if __name__ == "__main__":

@@ -28,8 +28,12 @@ def make_tiny_images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 @pytest.fixture(scope="session")
 def tiny_idx_dir(tmp_path_factory) -> Path:
     """A directory of gzip IDX files: 600 training and 200 test images."""
-    root = tmp_path_factory.mktemp("tiny_idx")
-    for split, n, seed in (("train", 600, 0), ("t10k", 200, 1)):
+    return write_tiny_idx(tmp_path_factory.mktemp("tiny_idx"))
+
+
+def write_tiny_idx(root: Path, train_seed: int = 0, test_seed: int = 1) -> Path:
+    """Write 600 training and 200 test tiny images as gzip IDX files into ``root``; return it."""
+    for split, n, seed in (("train", 600, train_seed), ("t10k", 200, test_seed)):
         images, labels = make_tiny_images(n, seed)
         write_idx(root / f"{split}-images-idx3-ubyte.gz", images)
         write_idx(root / f"{split}-labels-idx1-ubyte.gz", labels)

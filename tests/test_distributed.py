@@ -14,10 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import make_tiny_images, tiny_config
+from conftest import tiny_config, write_tiny_idx
 from distributed_helpers import (FEDTORCH, checkpoint_differences, error_lines, finish, free_port, group_alive,
                                  start_torchrun, torchrun)
-from fedtorch.data.idx import write_idx
 from fedtorch.execution.distributed import assign
 from fedtorch.execution.distributed_wire import pack, payload_size, unpack
 from fedtorch.experiment.config import apply_overrides, load_experiment, validate
@@ -111,12 +110,7 @@ EXTRA_CASES = {  # name -> (overrides, serial reference overrides or None, per-r
 @pytest.fixture(scope="module")
 def other_data(tmp_path_factory):
     """IDX files like the tiny data's, with other images (the same config, other data)."""
-    root = tmp_path_factory.mktemp("other_idx")
-    for split, n, seed in (("train", 600, 5), ("t10k", 200, 6)):
-        images, labels = make_tiny_images(n, seed)
-        write_idx(root / f"{split}-images-idx3-ubyte.gz", images)
-        write_idx(root / f"{split}-labels-idx1-ubyte.gz", labels)
-    return root
+    return write_tiny_idx(tmp_path_factory.mktemp("other_idx"), train_seed=5, test_seed=6)
 
 
 @pytest.fixture(scope="module")
