@@ -79,7 +79,7 @@ def test_resume_of_an_async_run_is_refused_before_loading_data(capsys, tiny_expe
 
     monkeypatch.setattr(runner, "prepare", no_prepare)
     code, _, err = run_cli(capsys, "run", "--resume", run_dir)
-    assert code == 2 and "federation.clock=asyncio cannot be resumed" in _one_error_line(err)
+    assert code == 2 and "federation.clock=asyncio or wall cannot be resumed" in _one_error_line(err)
 
 
 @pytest.mark.parametrize("mode", ["sync", "async", "asyncio"])

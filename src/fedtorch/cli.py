@@ -188,7 +188,9 @@ def _report(run_dir: Path, result: dict) -> int:
         "(config.yaml, metrics.csv/jsonl, clients.csv, accuracy.png, loss.png, checkpoint.pt/.prev.pt/.json, model.pt, result.json)"
     )
     if result.get("mode") == "async":
-        print(f"async: {result['updates']} client updates in {result['simulated_seconds']:.1f} simulated seconds; "
+        clock = "wall-clock" if "wall_clock_seconds" in result else "simulated"
+        seconds = result.get("wall_clock_seconds", result.get("simulated_seconds"))
+        print(f"async: {result['updates']} client updates in {seconds:.1f} {clock} seconds; "
               "updates.csv (event log), selected.csv/png, async_progress.png")
     return 0
 

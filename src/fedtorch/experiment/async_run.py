@@ -13,10 +13,12 @@ synchronous loop.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import deque
 from pathlib import Path
 from typing import Callable
 
+from fedtorch.execution.distributed_async import WorkerPool
 from fedtorch.experiment.async_outputs import AsyncRecorder, plot_async
 from fedtorch.experiment.checkpoint import read_checkpoint, save_checkpoint
 from fedtorch.experiment.config import clients_per_round, delay_model, local_work
@@ -26,6 +28,7 @@ from fedtorch.experiment.progress import RoundProgress
 from fedtorch.experiment.runner import RunOutcome
 from fedtorch.federation.async_loop import AsyncServer, AsyncSettings, run_async
 from fedtorch.federation.client_states import SPILL_DIR_NAME, ClientStateStore
+from fedtorch.federation.wallclock_async import run_wall_clock
 
 
 def async_settings(cfg) -> AsyncSettings:
@@ -42,11 +45,31 @@ def async_settings(cfg) -> AsyncSettings:
         cfg: a config that passed :func:`~fedtorch.experiment.config.validate`.
     """
     f = cfg.federation
+    if f.clock == "wall":
+        check_wall_clock(cfg)
     return AsyncSettings(
         **local_work(cfg), updates=cfg.rounds, concurrency=f.concurrency or clients_per_round(cfg),
         lr_delay_alpha=cfg.client.lr_delay_alpha, buffer_size=f.buffer_size, eval_every=cfg.eval.every,
         max_seconds=f.max_seconds,
     )
+
+
+def check_wall_clock(cfg) -> None:
+    """The rules of ``federation.clock=wall`` that need no process group (the number of
+    workers is checked under torchrun, :func:`fedtorch.federation.wallclock_async.wall_clock_problem`).
+
+    Raises:
+        ConfigError: not ``execution.mode=distributed``, or a delay-aware learning rate.
+    """
+    if cfg.execution.mode != "distributed":
+        raise ConfigError("federation.clock=wall needs execution.mode=distributed "
+                          f"(execution.mode={cfg.execution.mode!r}): its clients in flight are worker processes; "
+                          "launch it under torchrun (docs/distributed.md), or use federation.clock=simulated "
+                          "in one process")
+    if cfg.client.lr_delay_alpha:
+        raise ConfigError(f"client.lr_delay_alpha={cfg.client.lr_delay_alpha!r} is not allowed with "
+                          "federation.clock=wall: the delay-aware rate needs a client's duration at dispatch, "
+                          "unknown on the wall clock; use 0")
 
 
 def run_async_loop(prep, run_dir: Path, resume: bool = False, on_row: Callable[[dict], None] | None = None,
@@ -80,7 +103,10 @@ def run_async_loop(prep, run_dir: Path, resume: bool = False, on_row: Callable[[
     store = ClientStateStore(cfg.federation.state_memory_mb, run_dir / SPILL_DIR_NAME)
     recorder = AsyncRecorder(run_dir, tensorboard=cfg.logging.tensorboard, tracking=tracking)
     test_x, test_y = prep.data.data.test_x, prep.data.data.test_y
-    recent: deque[bool] = deque(maxlen=prep.settings.concurrency)  # the last arrivals: non-finite?
+    wall = cfg.federation.clock == "wall"
+    pool = WorkerPool(prep.executor) if wall else None  # the worker ranks, one client in flight each
+    settings = dataclasses.replace(prep.settings, concurrency=len(pool.workers)) if wall else prep.settings
+    recent: deque[bool] = deque(maxlen=settings.concurrency)  # the last arrivals: non-finite?
 
     def evaluate(x, buffers=None):
         return prep.executor.evaluate(x, test_x, test_y, buffers)
@@ -101,7 +127,7 @@ def run_async_loop(prep, run_dir: Path, resume: bool = False, on_row: Callable[[
             raise Diverged(state.round, f"{reason}, at arrival {report.record.update}")
 
     core = AsyncServer(prep.algorithm, prep.executor, prep.data, prep.initial_server(), store,
-                       prep.settings, delay_model(cfg), evaluate, on_update)
+                       settings, delay_model(cfg), evaluate, on_update)
     if resume:
         _restore(core, store, recorder, run_dir, layout, prep.x0.device)
     progress = RoundProgress(cfg.rounds, core.server.round, cfg.logging.progress)
@@ -115,8 +141,11 @@ def run_async_loop(prep, run_dir: Path, resume: bool = False, on_row: Callable[[
 
     diverged = None
     try:
-        run_async(core, clock=cfg.federation.clock, sleep_scale=cfg.federation.sleep_scale,
-                  on_group=checkpoint if cfg.federation.clock == "simulated" else None)
+        if wall:
+            run_wall_clock(core, pool)
+        else:
+            run_async(core, clock=cfg.federation.clock, sleep_scale=cfg.federation.sleep_scale,
+                      on_group=checkpoint if cfg.federation.clock == "simulated" else None)
         metrics = recorder.metrics
         if metrics and metrics[-1]["test_accuracy"] is None:  # stopped by max_seconds between evaluations
             metrics[-1]["test_loss"], metrics[-1]["test_accuracy"] = evaluate(core.hooks.eval_model(core.server))
@@ -132,7 +161,7 @@ def run_async_loop(prep, run_dir: Path, resume: bool = False, on_row: Callable[[
         selection=recorder.selection, unit="wave", title_suffix=", async",
         result_head={"mode": "async"},
         result_tail={
-            "updates": core.arrivals, "simulated_seconds": core.now,
+            "updates": core.arrivals, ("wall_clock_seconds" if wall else "simulated_seconds"): core.now,
             "mean_staleness": recorder.mean_staleness,
         },
         plots=[plot_async], diverged=diverged,

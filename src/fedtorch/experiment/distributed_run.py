@@ -6,7 +6,7 @@ Every rank parses the same command line, then (:func:`main`):
    ``error:`` line (exit 2) saying how to launch;
 2. joins the gloo process group (``execution.timeout_s`` on every operation) and checks the
    settings on every rank together (:func:`settings_problem`: a GPU asked for on a rank
-   without one, a worker mode or loop this slice does not run): any problem stops every
+   without one, a bad worker mode or timeout, a wall-clock run that cannot fill its workers): any problem stops every
    rank before training, rank 0 printing one ``error:`` line that names the rank (exit 2);
 3. loads the data and builds the split, model, algorithm and executor itself
    (:func:`fedtorch.experiment.runner.prepare`; only sample indices cross the wire later),
@@ -44,6 +44,7 @@ import fedtorch
 from fedtorch.execution import EXECUTORS
 from fedtorch.execution import distributed_setup as setup
 from fedtorch.execution.distributed_wire import PeerError
+from fedtorch.experiment import distributed_restart as restart
 from fedtorch.experiment.atomic import write_text
 from fedtorch.experiment.errors import ConfigError
 
@@ -74,9 +75,11 @@ def settings_problem(cfg: DictConfig, env: setup.LaunchEnv) -> str | None:
         return f"execution.worker_mode={e.worker_mode!r} is not allowed: use one of {', '.join(EXECUTORS)}"
     if not e.timeout_s > 0:
         return f"execution.timeout_s={e.timeout_s!r} is not allowed: must be > 0 (seconds)"
-    if cfg.federation.mode != "sync":
-        return (f"federation.mode={cfg.federation.mode!r} does not run with execution.mode=distributed yet: "
-                "use federation.mode=sync (docs/distributed.md, not yet done)")
+    if cfg.federation.mode == "async" and cfg.federation.clock == "wall":  # one client in flight per worker rank
+        from fedtorch.federation.wallclock_async import wall_clock_problem
+
+        if problem := wall_clock_problem(cfg.federation.concurrency, env.world_size - 1, cfg.data.num_clients):
+            return problem
     if e.device.startswith("cuda"):
         if e.device != "cuda":
             return (f"execution.device={e.device!r} is not allowed with execution.mode=distributed: use cuda "
@@ -148,8 +151,11 @@ def main(cfg: DictConfig, folder: Path | None, report: Callable[[Path, dict], in
         ConfigError: on rank 0, bad input found on any rank before training (one line).
     """
     env = _launch_env()
+    attempt = restart.current_attempt()  # torchrun --max-restarts: which start of the group (distributed_restart)
+    if env.rank == 0:
+        restart.forget_stale_marker(cfg.output_dir, folder, attempt)
     previous = signal.signal(signal.SIGTERM, _deferred_exit)
-    setup.join(env, cfg.execution.timeout_s)
+    restart.join(env, cfg.execution.timeout_s, attempt)  # setup.join, each attempt's store keys apart
     try:
         return run_in_session(env, cfg, folder, report, resume_dir)
     finally:
@@ -264,16 +270,17 @@ def _lead(prep, folder: Path | None, report: Callable[[Path, dict], int], resume
     from fedtorch.experiment import runner
 
     prep.executor.bind(prep.algorithm)
-    run_dir = resume_dir if resume_dir is not None else runner.new_run_dir(prep.cfg, folder)
+    attempt = restart.current_attempt()
+    run_dir, resume = restart.open_run_dir(prep, folder, resume_dir, attempt)  # attempt > 0: the first one's
     print(f"run directory: {run_dir}\nexecution: {prep.executor.description}", flush=True)
     try:
-        result = api.finish(prep, run_dir, resume=resume_dir is not None)
+        result = api.finish(prep, run_dir, resume=resume)
     except KeyboardInterrupt:
         print(f"\n{runner.interrupted_hint(prep.cfg, run_dir)} (under torchrun, as it was started)", file=sys.stderr)
         return 130
     finally:
         _write_traffic(Path(run_dir), prep.executor.traffic)
-    return report(Path(run_dir), result.result)
+    return report(Path(run_dir), restart.finish(run_dir, result.result, folder, prep.cfg.output_dir, attempt))
 
 
 def _write_traffic(run_dir: Path, traffic: list) -> None:

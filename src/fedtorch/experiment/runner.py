@@ -235,8 +235,8 @@ def load_run_config(run_dir: Path) -> DictConfig:
     return cfg
 
 
-ASYNC_NOT_RESUMABLE = ("runs with federation.clock=asyncio cannot be resumed (their clients in flight are asyncio "
-                       "tasks, not checkpointed; federation.clock=simulated runs are)")
+ASYNC_NOT_RESUMABLE = ("runs with federation.clock=asyncio or wall cannot be resumed (their clients in flight are "
+                       "asyncio tasks or worker processes, not checkpointed; federation.clock=simulated runs are)")
 
 
 def check_resumable(cfg: DictConfig, run_dir: Path) -> None:

@@ -75,7 +75,7 @@ class FederationConfig:
     weighting: str = "samples"  # samples | uniform aggregation weights
     concurrency: Optional[int] = None  # async: clients in flight at once, in [1, num_clients]; null: clients_per_round
     buffer_size: Optional[int] = None  # async, buffered step (algorithms without apply_async): arrivals per server step; null: concurrency (fedbuff: algorithm.buffer_size)
-    clock: str = "simulated"  # async: simulated (event queue, no sleeping) | asyncio (clients as asyncio tasks)
+    clock: str = "simulated"  # async: simulated (event queue, no sleeping) | asyncio (clients as asyncio tasks) | wall (execution.mode=distributed: real arrival order and staleness)
     sleep_scale: float = 0.0  # clock=asyncio: real seconds each client sleeps per simulated second; 0: none
     max_seconds: Optional[float] = None  # async: also stop at this simulated time (seconds)
     state_memory_mb: Optional[float] = None  # RAM budget (MiB) of stateful clients' states (SCAFFOLD's c_i, ...); beyond it they spill to <run_dir>/client_states and checkpoints reference them; null: no limit, all in RAM

@@ -251,8 +251,14 @@ class AsyncServer:
         """Whether the run has reached ``updates`` global-model versions."""
         return self.server.round >= self.s.updates
 
-    def dispatch(self, now: float) -> list[Job]:
-        """Fill the free slots with one wave of clients from the current model (queued).
+    def dispatch(self, now: float, queue: bool = True) -> list[Job]:
+        """Fill the free slots with one wave of clients from the current model.
+
+        Args:
+            now: the dispatch time (seconds of the run's clock).
+            queue: put the jobs on the simulated event queue at their simulated arrival
+                time (the simulated and asyncio clocks); False for a caller that learns
+                arrivals otherwise (the wall clock, :mod:`fedtorch.federation.wallclock_async`).
 
         Returns:
             The new jobs, in dispatch order (empty when done or no slot is free).
@@ -277,7 +283,8 @@ class AsyncServer:
             c = task.ctx.client_id
             job = Job(self._seq, self._wave, self.server.round, now, now + durations[c], task, broadcast, state,
                       broadcast.nbytes)
-            heapq.heappush(self._queue, (job.arrives_at, job.seq, job))
+            if queue:
+                heapq.heappush(self._queue, (job.arrives_at, job.seq, job))
             self._in_flight.add(c)
             self._seq += 1
             jobs.append(job)
@@ -352,6 +359,7 @@ def run_async(core: AsyncServer, clock: str = "simulated", sleep_scale: float = 
             callbacks), or one continued with :meth:`AsyncServer.restore` (simulated clock).
         clock: ``"simulated"`` (the event queue here) or ``"asyncio"`` (clients as asyncio
             tasks, :mod:`fedtorch.federation.asyncio_loop`); both give the same result.
+            (``"wall"`` is :func:`fedtorch.federation.wallclock_async.run_wall_clock`'s.)
         sleep_scale: asyncio only: real seconds each client task sleeps per simulated second.
         on_group: simulated clock only: called after each group of arrivals, once the wave
             dispatched after it is trained: the moment a :meth:`AsyncServer.snapshot` is complete.
@@ -361,10 +369,12 @@ def run_async(core: AsyncServer, clock: str = "simulated", sleep_scale: float = 
         last arrival (seconds), ``.arrivals`` the arrivals applied.
 
     Raises:
-        ValueError: an unknown clock or a negative sleep_scale (:func:`check_clock`), or
-            the asyncio clock for a restored run.
+        ValueError: an unknown clock or a negative sleep_scale (:func:`check_clock`), the
+            wall clock, or the asyncio clock for a restored run.
     """
     check_clock(clock, sleep_scale)
+    if clock == "wall":
+        raise ValueError("clock='wall' runs across worker processes: use fedtorch.federation.wallclock_async.run_wall_clock")
     if clock == "asyncio":
         if core.started:
             raise ValueError("clock='asyncio' starts from wave 0; continue a restored run with the simulated clock")

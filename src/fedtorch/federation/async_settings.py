@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from fedtorch.federation.planning import LocalWork
 from fedtorch.federation.server_steps import check_buffer_size
 
-CLOCKS = ("simulated", "asyncio")
+CLOCKS = ("simulated", "asyncio", "wall")  # wall: real arrivals across processes (fedtorch.federation.wallclock_async)
 
 
 @dataclass(frozen=True, kw_only=True)
