@@ -103,6 +103,41 @@ def test_auto_prefers_workers_for_compute_heavy_models_and_listed_slots():
     assert ex.name == "vectorized" and ex.description.startswith("auto picked vectorized (")
 
 
+class _CountsCalls(torch.nn.Module):
+    """Output scaled by how often forward ran: a result that depends on in-place module state."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(784, 10)
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        return self.lin(x.flatten(1)) * self.calls
+
+
+def test_vmap_probe_ignores_rounding_but_catches_a_model_whose_gradient_depends_on_the_batch():
+    from fedtorch.execution.vectorized import _vmapped_gradient, vectorization_problem
+    from fedtorch.flat import FlatModule
+
+    torch.manual_seed(0)
+    x, y = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    assert "gives different gradients under torch.func.vmap" in vectorization_problem(
+        FlatModule(_CountsCalls()), x, y, 4, F.cross_entropy)
+    replica = FlatModule(build_model("cnn", (1, 28, 28), 10))
+    exact = _vmapped_gradient(replica.module, replica.layout, F.cross_entropy)
+
+    def off_by(rel):  # the vmapped gradient with an error of `rel` times its norm
+        def eager(*args):
+            g, loss = exact(*args)
+            noise = torch.randn(g.shape, generator=torch.Generator().manual_seed(1))
+            return g + rel * g[0].norm() * noise / noise[0].norm(), loss
+        return eager
+
+    assert vectorization_problem(replica, x, y, 4, F.cross_entropy, eager=off_by(1e-5)) is None
+    assert vectorization_problem(replica, x, y, 4, F.cross_entropy, eager=off_by(1e-3)) is not None
+
+
 @pytest.fixture(scope="module")
 def w1():
     if not FASHION_DIR.is_dir():

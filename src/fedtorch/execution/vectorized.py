@@ -303,7 +303,10 @@ def vectorization_problem(replica: FlatModule, train_x, train_y, batch_size: int
         return f"model {name} cannot be vectorised with torch.func ({type(e).__name__}: {str(e).splitlines()[0]})"
     with torch.enable_grad():
         _, ref_g = replica.loss_and_grad(x, y, loss_fn)
-    if not (torch.allclose(g[0], ref_g, rtol=1e-4, atol=1e-6) and torch.allclose(g[1], ref_g, rtol=1e-4, atol=1e-6)):
+    # Relative to the gradient's norm: batched kernels sum in another order (float32
+    # rounding, ~1e-6 of the norm, larger on some CPUs), a batch-dependent model is off by O(1).
+    scale = 1e-4 * float(ref_g.norm()) + 1e-8
+    if max(float((g[0] - ref_g).norm()), float((g[1] - ref_g).norm())) > scale:
         return f"model {name} gives different gradients under torch.func.vmap than when run alone"
     return None
 
