@@ -122,7 +122,7 @@ def test_vmap_probe_ignores_rounding_but_catches_a_model_whose_gradient_depends_
 
     torch.manual_seed(0)
     x, y = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
-    assert "gives different gradients under torch.func.vmap" in vectorization_problem(
+    assert "gives a different loss under torch.func.vmap than when run alone" in vectorization_problem(
         FlatModule(_CountsCalls()), x, y, 4, F.cross_entropy)
     replica = FlatModule(build_model("cnn", (1, 28, 28), 10))
     exact = _vmapped_gradient(replica.module, replica.layout, F.cross_entropy)
@@ -135,7 +135,11 @@ def test_vmap_probe_ignores_rounding_but_catches_a_model_whose_gradient_depends_
         return eager
 
     assert vectorization_problem(replica, x, y, 4, F.cross_entropy, eager=off_by(1e-5)) is None
-    assert vectorization_problem(replica, x, y, 4, F.cross_entropy, eager=off_by(1e-3)) is not None
+    assert "gives different gradients under torch.func.vmap" in vectorization_problem(
+        replica, x, y, 4, F.cross_entropy, eager=off_by(1e-3))
+    torch.manual_seed(159)  # a draw whose first minibatch flips a max-pooling choice (0.55 % of the gradient)
+    x, y = torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,))
+    assert vectorization_problem(FlatModule(build_model("cnn", (1, 28, 28), 10)), x, y, 32, F.cross_entropy) is None
 
 
 @pytest.fixture(scope="module")
