@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import torch
@@ -37,7 +38,8 @@ def free_port() -> int:
 def start_torchrun(args: list[str], nproc: int, node: tuple[int, int, int] | None = None,
                    env: dict | None = None) -> subprocess.Popen:
     """``torchrun`` on loopback in its own process group: ``--standalone`` (``node`` None) or
-    node ``(rank, nnodes, port)`` of a c10d rendezvous at 127.0.0.1:port; ``env`` added."""
+    node ``(rank, nnodes, port)`` of a c10d rendezvous at 127.0.0.1:port; ``env`` added.
+    Every process it starts inherits ``FEDTORCH_TEST_TAG=<proc.tag>`` (:func:`tagged`)."""
     if node is None:
         where = ["--standalone"]
     else:
@@ -45,21 +47,52 @@ def start_torchrun(args: list[str], nproc: int, node: tuple[int, int, int] | Non
         where = ["--nnodes", str(nnodes), "--node-rank", str(rank), "--rdzv-backend", "c10d",
                  "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", f"test{port}"]
     cmd = [TORCHRUN, *where, "--nproc-per-node", str(nproc), "--max-restarts", "0", *args]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                            env={**os.environ, **FAST_ENV, **(env or {})})
+    tag = uuid.uuid4().hex
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env={**os.environ, **FAST_ENV, **(env or {}), "FEDTORCH_TEST_TAG": tag})
+    proc.tag = tag
+    return proc
 
 
 def finish(proc: subprocess.Popen, timeout: float) -> tuple[int, str, str]:
-    """``(exit code, stdout, stderr)``; past ``timeout`` seconds the whole process group is
-    killed (SIGKILL) and the test fails."""
+    """``(exit code, stdout, stderr)``; past ``timeout`` seconds every process torchrun
+    started is killed (SIGKILL) and the test fails. ``proc.left`` is the pids of its
+    processes still alive when torchrun had exited (killed afterwards)."""
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        kill_group(proc)
+        kill_all(proc)
         out, err = proc.communicate()
         raise AssertionError(f"torchrun did not finish in {timeout} s; killed.\nstdout:\n{out}\nstderr:\n{err}") from None
-    kill_group(proc)  # anything torchrun left behind
+    proc.left = tagged(proc.tag)
+    kill_all(proc)  # anything torchrun left behind, so that a failing test leaks nothing
     return proc.returncode, out, err
+
+
+def tagged(tag: str) -> list[int]:
+    """Pids of live processes whose environment holds ``FEDTORCH_TEST_TAG=<tag>``: torchrun
+    and every worker it started (the workers run in sessions of their own, so a process
+    group check on torchrun's pid would miss them)."""
+    needle = f"FEDTORCH_TEST_TAG={tag}".encode()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and needle in (entry / "environ").read_bytes().split(b"\0"):
+                if "\nState:\tZ" not in (entry / "status").read_text():  # a zombie is gone, only not reaped yet
+                    pids.append(int(entry.name))
+        except OSError:
+            continue
+    return pids
+
+
+def kill_all(proc: subprocess.Popen) -> None:
+    """SIGKILL torchrun's process group and every process carrying its tag."""
+    kill_group(proc)
+    for pid in tagged(getattr(proc, "tag", "")) if getattr(proc, "tag", None) else []:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def kill_group(proc: subprocess.Popen) -> None:
@@ -69,19 +102,10 @@ def kill_group(proc: subprocess.Popen) -> None:
         pass
 
 
-def group_alive(pgid: int) -> bool:
-    """Whether any process of process group ``pgid`` still exists."""
-    try:
-        os.killpg(pgid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-
-
 def torchrun(args: list[str], nproc: int = 3, timeout: float = 120, env: dict | None = None) -> tuple[int, str, str]:
     proc = start_torchrun(args, nproc, env=env)
     code, out, err = finish(proc, timeout)
-    assert not group_alive(proc.pid)
+    assert proc.left == [], f"processes left behind by torchrun: {proc.left}"
     return code, out, err
 
 

@@ -33,6 +33,8 @@ CASES = [
     (["seed=1,2"], "add --multirun to sweep"),
     (["rounds"], "must look like key.sub=value"),
     (["execution.device=tpu"], "execution.device='tpu' is not allowed"),
+    (["execution.edges=2"], "execution.edges=2 is not allowed: edges group worker processes: a count >= 1 with "
+                            "execution.mode=distributed, else 0"),
 ]
 
 

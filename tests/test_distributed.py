@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from conftest import tiny_config, write_tiny_idx
-from distributed_helpers import (FEDTORCH, checkpoint_differences, error_lines, finish, free_port, group_alive,
+from distributed_helpers import (FEDTORCH, checkpoint_differences, error_lines, finish, free_port,
                                  start_torchrun, torchrun)
 from fedtorch.execution.distributed import assign
 from fedtorch.execution.distributed_wire import pack, payload_size, unpack
@@ -190,7 +190,7 @@ def test_two_nodes_finish_a_run_equal_to_serial(experiment, tmp_path):
     assert [o[0] for o in outs] == [0, 0], outs
     (run_dir,) = [line.split(": ", 1)[1] for o in outs for line in o[1].splitlines() if line.startswith("run directory:")]
     assert checkpoint_differences(run_dir, _serial(experiment, ["algorithm.name=scaffold"], tmp_path / "serial")) == []
-    assert not any(group_alive(p.pid) for p in procs)
+    assert [p.left for p in procs] == [[], []]
 
 
 def test_two_nodes_with_different_overrides_stop_with_one_error_line(experiment, tmp_path):

@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from conftest import tiny_config
-from distributed_helpers import FAST_ENV, TORCHRUN, checkpoint_differences, kill_group
+from distributed_helpers import FAST_ENV, TORCHRUN, checkpoint_differences, kill_group, tagged
 from fedtorch.experiment import distributed_restart as restart_module
 from fedtorch.experiment.config import apply_overrides, load_experiment, validate
 from fedtorch.experiment.runner import execute, new_run_dir, prepare
@@ -49,7 +49,7 @@ def kill_at(tasks):
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-real_run, real_work = distributed.DistributedExecutor.run, distributed._work
+real_run, real_work = distributed.DistributedExecutor.run, distributed.work_of
 
 
 def run(self, algorithm, broadcast, tasks, states):
@@ -63,7 +63,7 @@ def work(header, tensors, device):
     return out
 
 
-distributed.DistributedExecutor.run, distributed._work = run, work
+distributed.DistributedExecutor.run, distributed.work_of = run, work
 from fedtorch.cli import main
 
 sys.exit(main(sys.argv[1:]))
@@ -95,23 +95,6 @@ def reference(experiment, tmp_path_factory) -> Path:
     finally:
         torch.set_num_threads(threads)
     return run_dir
-
-
-def tagged(tag: str) -> list[int]:
-    """Pids of live processes whose environment holds ``FEDTORCH_TEST_TAG=<tag>``: torchrun
-    and every worker it started (the workers run in sessions of their own, so a process
-    group check on torchrun's pid would miss them)."""
-    needle = f"FEDTORCH_TEST_TAG={tag}".encode()
-    pids = []
-    for proc in Path("/proc").iterdir():
-        try:
-            if proc.name.isdigit() and needle in (proc / "environ").read_bytes().split(b"\0"):
-                status = (proc / "status").read_text()
-                if "\nState:\tZ" not in status:  # a zombie is gone, only not reaped yet
-                    pids.append(int(proc.name))
-        except OSError:
-            continue
-    return pids
 
 
 def elastic_torchrun(args: list[str], env: dict, timeout: float = 150) -> tuple[int, str, str, list[int]]:

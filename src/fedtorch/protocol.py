@@ -136,18 +136,20 @@ class FederationInfo:
     total_samples: int | None = None
     mean_local_steps: float | None = None
 
-    def population_weights(self, num_samples: Tensor) -> Tensor:
-        """q_i of the aggregated clients in the federation's objective sum_i q_i f_i.
+    def population_weights(self, num_samples: Tensor, num_clients: Tensor | int = 1) -> Tensor:
+        """q_i of the aggregated rows in the federation's objective sum_i q_i f_i.
 
         ``(M,)`` float64: n_i / n under ``"samples"`` (when ``total_samples`` is known),
-        else 1 / N. Unlike the round's p_i they do not sum to 1 over a partial cohort:
-        a drift-corrected method that keeps c = sum_{all i} q_i c_i adds
-        sum_{i in S} q_i dc_i (Karimireddy et al. 2020, Alg. 1: (M/N) mean dc under uniform).
+        else c_i / N, with c_i the clients a row combines (``ClientMessage.num_clients``:
+        1 for a client, an edge's count for its row, :mod:`fedtorch.edge_sums`). Unlike
+        the round's p_i they do not sum to 1 over a partial cohort: a drift-corrected
+        method that keeps c = sum_{all i} q_i c_i adds sum_{i in S} q_i dc_i
+        (Karimireddy et al. 2020, Alg. 1: (M/N) mean dc under uniform).
         """
         n = num_samples.to(torch.float64)
         if self.weighting == "samples" and self.total_samples:
             return n / self.total_samples
-        return torch.full_like(n, 1.0 / self.num_clients)
+        return torch.as_tensor(num_clients).to(n).expand_as(n) / self.num_clients
 
 
 @dataclass(frozen=True)
@@ -208,12 +210,15 @@ class ClientMessage:
         num_samples: n_i (int, or ``(M,)`` tensor when stacked).
         num_steps: K_i (int, or ``(M,)`` tensor when stacked).
         loss: mean local training loss over the K_i steps (float, or ``(M,)``).
+        num_clients: how many clients' messages this one combines: 1 for a client; an
+            edge's partial sum sets its count (:mod:`fedtorch.edge_sums`).
     """
 
     delta: Tensor
     num_samples: int | Tensor
     num_steps: int | Tensor
     loss: float | Tensor
+    num_clients: int | Tensor = 1
 
     @property
     def nbytes(self) -> int:
@@ -227,7 +232,8 @@ class ClientMessage:
         return ClientMessage(delta=torch.zeros(0, num_params, device=device),
                              num_samples=torch.zeros(0, dtype=torch.int64, device=device),
                              num_steps=torch.zeros(0, dtype=torch.int64, device=device),
-                             loss=torch.zeros(0, dtype=torch.float64, device=device))
+                             loss=torch.zeros(0, dtype=torch.float64, device=device),
+                             num_clients=torch.zeros(0, dtype=torch.int64, device=device))
 
     @staticmethod
     def stack(messages: list["ClientMessage"]) -> "ClientMessage":
@@ -261,7 +267,7 @@ class ClientMessage:
         """Split a message with a leading client dimension C into C single-client ones.
 
         Tensor fields ``(C, ...)`` become ``(...)``; ``(C,)`` or ``(C, 1)`` scalar fields
-        (num_samples, num_steps, loss) become Python numbers.
+        (num_samples, num_steps, loss, num_clients) become Python numbers.
         """
         names = [f.name for f in dataclasses.fields(self)]
         count = self.delta.shape[0]
@@ -276,7 +282,8 @@ class ClientMessage:
 
     def select(self, mask: Tensor) -> "ClientMessage":
         """Rows of a stacked message where ``mask`` (``(M,)`` bool) is true."""
-        return type(self)(**{f.name: getattr(self, f.name)[mask] for f in dataclasses.fields(self)})
+        return type(self)(**{f.name: (v[mask] if isinstance(v := getattr(self, f.name), Tensor) else v)
+                             for f in dataclasses.fields(self)})
 
 
 @dataclass
@@ -391,7 +398,7 @@ class ClientResult:
     buffers: Tensor | None = None
 
 
-_SCALAR_FIELDS = ("num_samples", "num_steps", "loss")
+_SCALAR_FIELDS = ("num_samples", "num_steps", "loss", "num_clients")
 
 
 def _consecutive_rows(values: list[Tensor]) -> Tensor | None:

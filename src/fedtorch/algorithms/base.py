@@ -98,6 +98,17 @@ class FedAlgorithm:
     server_defaults: ClassVar[dict] = {}  # e.g. {"optimizer": "adam"}: defaults for server.*
     state_vectors: ClassVar[int] = 0  # persistent (P,) vectors per client: memory P x 4 x this
     needs_federation: ClassVar[bool] = False
+    # The server rule reads the messages only through weighted means of their vector
+    # fields, so an edge may send a partial sum (fedtorch.edge_sums). True for the base
+    # rule; a subclass that overrides aggregate or server_delta gets False unless it
+    # declares it itself (SCAFFOLD, FedDyn).
+    edge_reducible: ClassVar[bool] = True
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        own_rule = any(name in vars(cls) for name in ("aggregate", "server_delta"))
+        if own_rule and "edge_reducible" not in vars(cls):
+            cls.edge_reducible = False
 
     def __init__(
         self,

@@ -59,6 +59,7 @@ class ModelMessage(ClientMessage):
 @register
 class FedAsync(FedAlgorithm):
     name = "fedasync"
+    edge_reducible = True  # sync rounds mix in the mean model under p_i (fedtorch.edge_sums)
     paper = "Xie, Koyejo, Gupta 2019, Asynchronous Federated Optimization (arXiv:1903.03934)"
     Hparams = FedAsyncHparams
 

@@ -61,6 +61,7 @@ class FedDyn(FedAlgorithm):
     Hparams = FedDynHparams
     state_vectors = 1
     needs_federation = True
+    edge_reducible = True  # Delta enters only through means under p_i and q_i (fedtorch.edge_sums)
 
     def init_extra(self, x0: Tensor) -> State:
         """The server state h: ``(P,)`` zeros."""
@@ -81,6 +82,6 @@ class FedDyn(FedAlgorithm):
 
     def server_delta(self, server: ServerState, messages: ClientMessage, weights: Tensor) -> tuple[Tensor, State]:
         """h <- h + alpha sum_S q_i Delta_i; pseudo-gradient sum_S p_i Delta_i + h / alpha."""
-        q = self.federation.population_weights(messages.num_samples)
+        q = self.federation.population_weights(messages.num_samples, messages.num_clients)
         h = server.extra["h"] + self.hp.alpha * weighted_mean(messages.delta, q)
         return weighted_mean(messages.delta, weights) + h / self.hp.alpha, {"h": h}

@@ -45,6 +45,7 @@ class FedGMHparams:
 @register
 class FedGM(FedAlgorithm):
     name = "fedgm"
+    edge_reducible = True  # the server momentum acts on the mean Delta (fedtorch.edge_sums)
     paper = "Sun et al., AAAI 2024, On the Role of Server Momentum in Federated Learning"
     Hparams = FedGMHparams
 

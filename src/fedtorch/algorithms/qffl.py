@@ -65,6 +65,7 @@ class QFFLMessage(ClientMessage):
 @register
 class QFFL(FedAlgorithm):
     name = "qffl"
+    edge_reducible = True  # both sums, of F^q Delta' and of h, are means under p_i (fedtorch.edge_sums)
     aliases = ("q-ffl", "qfedavg", "q-fedavg")
     paper = "Li, Sanjabi, Beirami, Smith, ICLR 2020, Fair Resource Allocation in Federated Learning"
     Hparams = QFFLHparams

@@ -76,6 +76,7 @@ class ScaffnewHparams:
 @register
 class Scaffnew(FedAlgorithm):
     name = "scaffnew"
+    edge_reducible = True  # x^{t+1} from the mean Delta under p_i (fedtorch.edge_sums)
     aliases = ("proxskip",)
     paper = "Mishchenko et al., ICML 2022, ProxSkip: Yes! Local Gradient Steps Provably Lead to Communication Acceleration! Finally!"
     Hparams = ScaffnewHparams

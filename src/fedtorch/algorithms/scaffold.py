@@ -61,6 +61,7 @@ class Scaffold(FedAlgorithm):
     paper = "Karimireddy et al., ICML 2020, SCAFFOLD: Stochastic Controlled Averaging for Federated Learning"
     state_vectors = 1
     needs_federation = True
+    edge_reducible = True  # Delta and dc enter only through means under p_i and q_i (fedtorch.edge_sums)
 
     def init_extra(self, x0: Tensor) -> State:
         """The server control variate c: ``(P,)`` zeros."""
@@ -93,6 +94,6 @@ class Scaffold(FedAlgorithm):
 
     def server_delta(self, server: ServerState, messages: ClientMessage, weights: Tensor) -> tuple[Tensor, State]:
         """Delta = sum_S p_i Delta_i; c <- c + sum_S q_i dc_i (q_i: population weights)."""
-        q = self.federation.population_weights(messages.num_samples)
+        q = self.federation.population_weights(messages.num_samples, messages.num_clients)
         c = server.extra["c"] + weighted_mean(messages.dc, q)
         return weighted_mean(messages.delta, weights), {"c": c}

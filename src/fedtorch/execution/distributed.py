@@ -28,17 +28,16 @@ serial executor gives, when the intra-op thread counts are equal (``execution.th
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from typing import Sequence
 
 import torch
 
-from fedtorch.execution.distributed_wire import Link, PeerError, Traffic, pack
+from fedtorch.edge_sums import EdgeRound, cat_rows
+from fedtorch.execution.distributed_edges import EdgePart, edge_part, part_fields, part_from
+from fedtorch.execution.distributed_wire import (FAILED, RUN, STOP, Link, PeerError, Traffic, pack, rebuild_result,
+                                                 results_message, work_of)
 from fedtorch.protocol import Broadcast, ClientResult, ClientTask, State
-
-STOP, RUN, RESULTS, FAILED = "stop", "run", "results", "failed"
-
 
 def assign(steps: Sequence[int], ranks: Sequence[int]) -> dict[int, list[int]]:
     """Greedy longest-processing-time assignment of tasks to ranks.
@@ -79,7 +78,9 @@ class DistributedExecutor:
             ``data`` empty: payloads on ``control``).
         server_trains: rank 0 trains a share of the clients too.
         timeout_s: ``execution.timeout_s``: rank 0 waits that long for a worker, a worker
-            twice as long for rank 0.
+            twice as long for rank 0 (with edges: rank 0 twice for a leader, a leader once
+            for a member, a worker three times for rank 0 or its leader).
+        edges: the edges' training ranks, leader first (``Session.edges``); ``[]``: none.
 
     Attributes:
         traffic: one :class:`~fedtorch.execution.distributed_wire.Traffic` per distributed
@@ -89,24 +90,35 @@ class DistributedExecutor:
     name = "distributed"
 
     def __init__(self, local, rank: int, world_size: int, *, control: dict, data: dict | None = None,
-                 server_trains: bool = True, timeout_s: float = 300.0):
+                 server_trains: bool = True, timeout_s: float = 300.0, edges: list | None = None):
         self.local = local
         self.rank, self.world_size = rank, world_size
         self.server_trains = server_trains
+        self.edges = [list(e) for e in edges or []]
+        self.leader = {r: e[0] for e in self.edges for r in e}
         self.replica, self.device, self.threads = local.replica, local.device, local.threads
         wire_device = local.device if local.device.type == "cuda" else torch.device("cpu")
-        peers = range(1, world_size) if rank == 0 else [0]
-        patience = 1 if rank == 0 else 2  # a worker outwaits rank 0 (distributed_wire.Link)
         data = data or {}
-        self.links = {p: Link(rank, p, control[p], data.get(p, control[p]), wire_device, timeout_s, patience) for p in peers}
+        self.links = {p: Link(rank, p, g, data.get(p, g), wire_device, timeout_s, self._patience(p)) for p, g in control.items()}
         self.algorithm = None  # rank 0: the run's algorithm (bind); another object runs locally
         self.traffic: list[Traffic] = []
         self._pending: set[int] = set()  # workers whose results are still to be received
         self._dead: set[int] = set()
         self._stopped = False
         who = "rank 0 and " if server_trains else ""
-        self.description = (f"distributed over {world_size} processes ({who}{world_size - 1} worker rank(s)), "
+        tiers = f", {len(self.edges)} edge(s) {self.edges}" if self.edges else ""
+        self.description = (f"distributed over {world_size} processes ({who}{world_size - 1} worker rank(s){tiers}), "
                             f"each: {local.description}")
+
+    def _patience(self, peer: int) -> int:
+        """How many ``timeout_s`` this rank waits for ``peer`` (module docstring of
+        :mod:`fedtorch.execution.distributed_wire`): whoever waits on a rank that may
+        itself be waiting waits longer."""
+        if not self.edges:
+            return 1 if self.rank == 0 else 2
+        if self.rank == 0:
+            return 2 if self.leader.get(peer) == peer else 1  # a leader may wait timeout_s on a member
+        return 1 if self.leader.get(peer) == self.rank else 3  # a leader waits once for its member
 
     def bind(self, algorithm) -> None:
         """Rank 0: the algorithm whose rounds are spread over the ranks (the workers built
@@ -131,6 +143,8 @@ class DistributedExecutor:
         """
         if algorithm is not self.algorithm or not tasks:
             return self.local.run(algorithm, broadcast, tasks, states)
+        if self.edges:  # the edges forward every message
+            return self._edge_round(algorithm, broadcast, tasks, states, None)[0]
         plan = assign([t.ctx.num_steps for t in tasks], self.training_ranks)
         traffic = Traffic(round=tasks[0].ctx.round, clients={r: len(v) for r, v in plan.items()})
         start = time.perf_counter()
@@ -154,7 +168,93 @@ class DistributedExecutor:
         self.traffic.append(traffic)
         return results
 
-    def _send_work(self, r: int, broadcast: Broadcast, tasks: list[ClientTask], states: list[State]) -> int:
+    def run_edges(self, algorithm, broadcast: Broadcast, tasks: Sequence[ClientTask], states: Sequence[State],
+                  weights) -> EdgeRound:
+        """Local training of ``tasks`` whose edges send partial weighted sums
+        (:mod:`fedtorch.edge_sums`; the loop calls it for an edge-reducible round).
+
+        Args:
+            weights: ``(M,)`` the tasks' un-normalised weights w_i (n_i or 1).
+
+        Returns:
+            The :class:`~fedtorch.edge_sums.EdgeRound`: light results in task order, the
+            edge rows in edge order (on :attr:`device`), the valid tasks, upload bytes.
+
+        Raises:
+            ValueError: no edges are configured.
+            PeerError: as :meth:`run`.
+        """
+        if not self.edges:
+            raise ValueError("run_edges needs execution.edges > 0")
+        if not tasks:
+            return EdgeRound([], None, torch.zeros(0, dtype=torch.bool), [])
+        results, parts = self._edge_round(algorithm, broadcast, tasks, states, [float(w) for w in weights])
+        valid, upload = [False] * len(tasks), [0] * len(tasks)
+        for order, part in parts:
+            for i, ok, b in zip(order, part.valid, part.upload):
+                valid[i], upload[i] = ok, b
+        rows = [part.row for _, part in parts if part.row is not None]
+        return EdgeRound(results, cat_rows(rows) if rows else None, torch.tensor(valid), upload)
+
+    def _edge_round(self, algorithm, broadcast, tasks, states, weights) -> tuple[list[ClientResult], list]:
+        """One round over the edges (:mod:`fedtorch.execution.distributed_edges`): every
+        rank gets its tasks from rank 0, members report to their leader, leaders to rank 0.
+        ``weights`` None: the edges forward. Returns ``(results in task order, [(task
+        indices of an edge, its EdgePart)])``."""
+        plan = assign([t.ctx.num_steps for t in tasks], self.training_ranks)
+        traffic = Traffic(round=tasks[0].ctx.round, clients={r: len(v) for r, v in plan.items()})
+        start = time.perf_counter()
+        for edge in self.edges:
+            leader, members = edge[0], [m for m in edge[1:] if plan[m]]
+            for r in edge:
+                if r == 0 or not (plan[r] or (r == leader and members)):
+                    continue
+                route = {"members": members} if r == leader else {"report_to": leader}
+                w = None if weights is None else [weights[i] for i in plan[r]]
+                traffic.down[r] = self._send_work(r, broadcast, [tasks[i] for i in plan[r]], [states[i] for i in plan[r]],
+                                                  {**route, "weights": w}, pending=leader in (r, 0))
+        traffic.down_seconds = time.perf_counter() - start
+        own = plan.get(0, [])
+        mine = self.local.run(algorithm, broadcast, [tasks[i] for i in own], [states[i] for i in own]) if own else []
+        start, parts = time.perf_counter(), []
+        for edge in self.edges:
+            leader = edge[0]
+            order = [i for r in edge for i in plan[r]]
+            if not order:
+                continue
+            if leader == 0:  # rank 0 leads this edge: it gathers the members itself
+                got = list(mine)
+                for m in edge[1:]:
+                    if plan[m]:
+                        more, traffic.up[m], seconds = self._receive_results(m)
+                        got += more
+                        traffic.up_seconds += seconds
+                part = edge_part(got, None if weights is None else [weights[i] for i in order])
+            else:
+                part, traffic.up[leader], seconds = self._receive_part(leader)
+                traffic.up_seconds += seconds
+            parts.append((order, part))
+        traffic.wait_seconds = time.perf_counter() - start - traffic.up_seconds
+        self.traffic.append(traffic)
+        results: list[ClientResult | None] = [None] * len(tasks)
+        for order, part in parts:
+            for i, res in zip(order, part.results):
+                results[i] = res
+        return results, parts
+
+    def _receive_part(self, r: int) -> tuple[EdgePart, int, float]:
+        header, tensors, nbytes, seconds = self._guard(r, lambda: self.links[r].receive())
+        self._pending.discard(r)
+        if header["op"] == FAILED:
+            failed = header.get("rank", r)
+            if header.get("dead"):
+                self._dead.add(failed)
+            raise PeerError(failed, header.get("message") or f"rank {r} failed: its local training raised {header['error']}")
+        results = [rebuild_result(meta, j, tensors, self.device) for j, meta in enumerate(header["results"])]
+        return part_from(header, tensors, results, self.device), nbytes, seconds
+
+    def _send_work(self, r: int, broadcast: Broadcast, tasks: list[ClientTask], states: list[State],
+                   route: dict | None = None, pending: bool = True) -> int:
         tensors = {("x",): broadcast.x, **{("extra", k): v for k, v in broadcast.extra.items()}}
         if broadcast.buffers is not None:
             tensors[("buffers",)] = broadcast.buffers
@@ -164,8 +264,9 @@ class DistributedExecutor:
                 tensors[("task_buffers", j)] = task.buffers
             tensors.update({("state", j, k): v for k, v in state.items()})
         spec, payload = pack(tensors, self.links[r].device)
-        header = {"op": RUN, "contexts": [t.ctx for t in tasks], "spec": spec}
-        self._pending.add(r)
+        header = {"op": RUN, "contexts": [t.ctx for t in tasks], "spec": spec, **(route or {})}
+        if pending:  # rank 0 receives this rank's answer (an edge member answers its leader)
+            self._pending.add(r)
         return self._guard(r, lambda: self.links[r].send(header, payload))
 
     def _receive_results(self, r: int) -> tuple[list[ClientResult], int, float]:
@@ -173,7 +274,7 @@ class DistributedExecutor:
         self._pending.discard(r)
         if header["op"] == FAILED:
             raise PeerError(r, f"rank {r} failed: its local training raised {header['error']}")
-        return [_result(meta, j, tensors, self.device) for j, meta in enumerate(header["results"])], nbytes, seconds
+        return [rebuild_result(meta, j, tensors, self.device) for j, meta in enumerate(header["results"])], nbytes, seconds
 
     def _guard(self, r: int, call):
         try:
@@ -198,13 +299,44 @@ class DistributedExecutor:
             header, tensors, _, _ = link.receive(copy=False)
             if header["op"] == STOP:
                 return int(header["code"])
-            broadcast, tasks, states = _work(header, tensors, self.local.device)
+            broadcast, tasks, states = work_of(header, tensors, self.local.device)
+            failure, results = None, []
             try:
-                results = self.local.run(algorithm, broadcast, tasks, states)
+                results = self.local.run(algorithm, broadcast, tasks, states) if tasks else []
             except Exception as e:  # reported to rank 0, which stops the run naming this rank
-                link.send({"op": FAILED, "error": f"{type(e).__name__}: {e}"})
+                failure = {"op": FAILED, "error": f"{type(e).__name__}: {e}", "rank": self.rank,
+                           "message": f"rank {self.rank} failed: its local training raised {type(e).__name__}: {e}"}
+            if "members" in header:  # an edge leader: its members' results first, whatever happened here
+                failure, results, weights = self._gather(header, failure, results)
+                if failure is None:
+                    part = edge_part(results, weights)
+                    head, payload = results_message(part.results, link.device, *part_fields(part))
+                    link.send(head, payload)
+                    continue
+            target = self.links[header.get("report_to", 0)]
+            if failure is not None:
+                target.send(failure)
+            else:
+                head, payload = results_message(results, target.device)
+                target.send({**head, "weights": header.get("weights")}, payload)
+
+    def _gather(self, header: dict, failure: dict | None, results: list) -> tuple[dict | None, list, list | None]:
+        """An edge leader: every member's results after its own (or the first failure)."""
+        results, weights = list(results), header.get("weights")
+        weights = None if weights is None else list(weights)
+        for m in header["members"]:
+            try:
+                head, tensors, _, _ = self.links[m].receive()
+            except PeerError as e:
+                failure = failure or {"op": FAILED, "error": str(e), "rank": m, "message": str(e), "dead": True}
                 continue
-            link.send(*_results_message(results, link.device))
+            if head["op"] == FAILED:
+                failure = failure or head
+                continue
+            results += [rebuild_result(meta, j, tensors, self.device) for j, meta in enumerate(head["results"])]
+            if weights is not None:
+                weights += head["weights"]
+        return failure, results, weights
 
     def stop(self, code: int = 0) -> None:
         """Rank 0, at the end of the run or on its error path: collect results still owed
@@ -232,41 +364,3 @@ class DistributedExecutor:
     def evaluate(self, x, inputs, targets, buffers=None):
         """Evaluation on rank 0 with the local executor (see ``Executor.evaluate``)."""
         return self.local.evaluate(x, inputs, targets, buffers)
-
-
-def _work(header: dict, tensors: dict, device: torch.device) -> tuple[Broadcast, list[ClientTask], list[State]]:
-    """A worker's view of a RUN message: the broadcast, its tasks and their states."""
-    contexts = header["contexts"]
-    extra = {key[1]: t for key, t in tensors.items() if key[0] == "extra"}
-    broadcast = Broadcast(x=tensors[("x",)].to(device), extra={k: v.to(device) for k, v in extra.items()},
-                          buffers=None if ("buffers",) not in tensors else tensors[("buffers",)].to(device))
-    states: list[State] = [{} for _ in contexts]
-    for key, t in tensors.items():
-        if key[0] == "state":
-            states[key[1]][key[2]] = t
-    tasks = [ClientTask(ctx, tensors[("indices", j)], tensors.get(("task_buffers", j))) for j, ctx in enumerate(contexts)]
-    return broadcast, tasks, states
-
-
-def _results_message(results: list[ClientResult], device: torch.device) -> tuple[dict, torch.Tensor]:
-    """A worker's RESULTS header and payload: message tensor fields, states, buffers."""
-    tensors, metas = {}, []
-    for j, res in enumerate(results):
-        fields = {f.name: getattr(res.message, f.name) for f in dataclasses.fields(res.message)}
-        plain = {k: v for k, v in fields.items() if not isinstance(v, torch.Tensor)}
-        tensors.update({("message", j, k): v for k, v in fields.items() if k not in plain})
-        tensors.update({("state", j, k): v for k, v in res.state.items()})
-        if res.buffers is not None:
-            tensors[("buffers", j)] = res.buffers
-        metas.append({"client_id": res.client_id, "cls": type(res.message), "plain": plain, "seconds": res.seconds})
-    spec, payload = pack(tensors, device)
-    return {"op": RESULTS, "results": metas, "spec": spec}, payload
-
-
-def _result(meta: dict, j: int, tensors: dict, device: torch.device) -> ClientResult:
-    """Result ``j`` of a RESULTS message, rebuilt on rank 0 (message on ``device``, state on the CPU)."""
-    fields = {key[2]: t.to(device) for key, t in tensors.items() if key[0] == "message" and key[1] == j}
-    state = {key[2]: t.cpu() for key, t in tensors.items() if key[0] == "state" and key[1] == j}
-    buffers = tensors.get(("buffers", j))
-    message = meta["cls"](**fields, **meta["plain"])
-    return ClientResult(meta["client_id"], message, state, meta["seconds"], None if buffers is None else buffers.to(device))

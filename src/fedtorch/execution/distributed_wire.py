@@ -21,6 +21,7 @@ sent) and rank 0's transfer seconds, per round.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import pickle
 import time
@@ -31,6 +32,9 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from fedtorch.protocol import Broadcast, ClientResult, ClientTask, State
+
+STOP, RUN, RESULTS, FAILED = "stop", "run", "results", "failed"  # a header's "op"
 ALIGN = 8  # bytes: every field starts at a multiple (a float64 view needs it)
 
 Spec = list[tuple[Hashable, torch.dtype, tuple[int, ...]]]
@@ -215,6 +219,48 @@ class _TranslateErrors:
         else:
             why = text[:300]
         raise PeerError(peer, f"rank {peer} failed: rank {me} could not {self.what} it: {why}") from None
+
+
+# ---- the messages of a round (DistributedExecutor) ------------------------------------
+
+def work_of(header: dict, tensors: dict, device: torch.device) -> tuple[Broadcast, list[ClientTask], list[State]]:
+    """A worker's view of a RUN message: the broadcast, its tasks and their states."""
+    contexts = header["contexts"]
+    extra = {key[1]: t for key, t in tensors.items() if key[0] == "extra"}
+    broadcast = Broadcast(x=tensors[("x",)].to(device), extra={k: v.to(device) for k, v in extra.items()},
+                          buffers=None if ("buffers",) not in tensors else tensors[("buffers",)].to(device))
+    states: list[State] = [{} for _ in contexts]
+    for key, t in tensors.items():
+        if key[0] == "state":
+            states[key[1]][key[2]] = t
+    tasks = [ClientTask(ctx, tensors[("indices", j)], tensors.get(("task_buffers", j))) for j, ctx in enumerate(contexts)]
+    return broadcast, tasks, states
+
+
+def results_message(results: list[ClientResult], device: torch.device, extra: dict | None = None,
+                     extra_tensors: dict | None = None) -> tuple[dict, torch.Tensor]:
+    """A worker's RESULTS header and payload: message tensor fields, states, buffers (and
+    an edge leader's ``extra`` header fields and tensors, :func:`~fedtorch.execution.distributed_edges.part_fields`)."""
+    tensors, metas = dict(extra_tensors or {}), []
+    for j, res in enumerate(results):
+        fields = {f.name: getattr(res.message, f.name) for f in dataclasses.fields(res.message)}
+        plain = {k: v for k, v in fields.items() if not isinstance(v, torch.Tensor)}
+        tensors.update({("message", j, k): v for k, v in fields.items() if k not in plain})
+        tensors.update({("state", j, k): v for k, v in res.state.items()})
+        if res.buffers is not None:
+            tensors[("buffers", j)] = res.buffers
+        metas.append({"client_id": res.client_id, "cls": type(res.message), "plain": plain, "seconds": res.seconds})
+    spec, payload = pack(tensors, device)
+    return {"op": RESULTS, "results": metas, "spec": spec, **(extra or {})}, payload
+
+
+def rebuild_result(meta: dict, j: int, tensors: dict, device: torch.device) -> ClientResult:
+    """Result ``j`` of a RESULTS message, rebuilt on rank 0 (message on ``device``, state on the CPU)."""
+    fields = {key[2]: t.to(device) for key, t in tensors.items() if key[0] == "message" and key[1] == j}
+    state = {key[2]: t.cpu() for key, t in tensors.items() if key[0] == "state" and key[1] == j}
+    buffers = tensors.get(("buffers", j))
+    message = meta["cls"](**fields, **meta["plain"])
+    return ClientResult(meta["client_id"], message, state, meta["seconds"], None if buffers is None else buffers.to(device))
 
 
 def _aligned(n: int) -> int:

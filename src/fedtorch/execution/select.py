@@ -88,7 +88,8 @@ def _distributed(*args, worker_mode: str = "serial", server_trains: bool = True,
         raise ValueError(f"execution.worker_mode: unknown value {worker_mode!r}; allowed: {', '.join(EXECUTORS)}")
     local = build_executor(worker_mode, *args, **kwargs)
     return DistributedExecutor(local, session.env.rank, session.env.world_size, control=session.control,
-                               data=session.data, server_trains=server_trains, timeout_s=session.timeout_s)
+                               data=session.data, server_trains=server_trains, timeout_s=session.timeout_s,
+                               edges=session.edges)
 
 
 def step_flops(replica: FlatModule, x: torch.Tensor, y: torch.Tensor, loss_fn) -> int:

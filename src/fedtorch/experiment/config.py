@@ -236,6 +236,8 @@ def validate(cfg: DictConfig) -> DictConfig:
     _choice_or_plugin("model.name", cfg.model.name, MODELS, 2, plugins.MODEL_RULE)
     plugins.loss_function(cfg.model.loss)
     _choice("execution.mode", cfg.execution.mode, MODES)
+    _require(cfg.execution.edges == 0 or (cfg.execution.mode == "distributed" and cfg.execution.edges > 0), "execution.edges",
+             cfg.execution.edges, "edges group worker processes: a count >= 1 with execution.mode=distributed, else 0")
     _validate_federation(cfg)  # mode, async clock and delays, stragglers, early stopping
     _rule(check_weighting, f.weighting)
     _choice("logging.progress", cfg.logging.progress, {"auto", "rich", "plain", "none"})

@@ -65,7 +65,7 @@ def executor_options(cfg: DictConfig) -> dict:
     if _session is None:
         raise ConfigError(f"execution.mode=distributed runs only as `fedtorch run` under torchrun: {setup.LAUNCH_HINT}")
     e = cfg.execution
-    return {"worker_mode": e.worker_mode, "server_trains": e.server_trains, "session": _session}
+    return {"worker_mode": e.worker_mode, "server_trains": e.server_trains, "session": _session}  # edges: in the session
 
 
 def settings_problem(cfg: DictConfig, env: setup.LaunchEnv) -> str | None:
@@ -75,6 +75,14 @@ def settings_problem(cfg: DictConfig, env: setup.LaunchEnv) -> str | None:
         return f"execution.worker_mode={e.worker_mode!r} is not allowed: use one of {', '.join(EXECUTORS)}"
     if not e.timeout_s > 0:
         return f"execution.timeout_s={e.timeout_s!r} is not allowed: must be > 0 (seconds)"
+    if e.edges:
+        training = env.world_size - (0 if e.server_trains else 1)
+        if e.edges > training:
+            return (f"execution.edges={e.edges} is not allowed: more edges than the {training} training rank(s) of "
+                    f"WORLD_SIZE={env.world_size} (execution.server_trains={str(e.server_trains).lower()}); "
+                    "use at most that many, or start more processes")
+        if cfg.federation.mode == "async":
+            return "execution.edges is for synchronous rounds: with federation.mode=async set execution.edges=0"
     if cfg.federation.mode == "async" and cfg.federation.clock == "wall":  # one client in flight per worker rank
         from fedtorch.federation.wallclock_async import wall_clock_problem
 
@@ -183,7 +191,9 @@ def run_in_session(env: setup.LaunchEnv, cfg: DictConfig, folder: Path | None, r
     executor, code = None, 1  # the workers' exit code when rank 0 stops them: 1 unless the run finished
     try:
         _agree(env, settings_problem(cfg, env) or _resume_problem(cfg, env, resume_dir))
-        _session = setup.open_session(env, cfg.execution.device, cfg.execution.timeout_s)
+        _agree(env, _topology_problem(env, cfg))  # the process groups below need one topology on every rank
+        e = cfg.execution
+        _session = setup.open_session(env, e.device, e.timeout_s, e.edges, e.server_trains)
         prep = _prepare(cfg, env)
         executor = prep.executor
         if env.rank != 0:
@@ -234,6 +244,19 @@ def _agree(env: setup.LaunchEnv, problem: str | None) -> None:
         if env.rank == 0:
             raise ConfigError(first)
         raise _Quiet(2)
+
+
+def _topology_problem(env: setup.LaunchEnv, cfg: DictConfig) -> str | None:
+    """On rank 0: the first rank whose ``execution.edges`` / ``server_trains`` differ from
+    rank 0's (collective: every rank calls it)."""
+    mine = (cfg.execution.edges, cfg.execution.server_trains)
+    tops = [None] * env.world_size
+    dist.all_gather_object(tops, mine)
+    for r, top in enumerate(tops):
+        if env.rank == 0 and top != tops[0]:
+            return (f"rank {r}'s config differs from rank 0's: execution.edges, execution.server_trains = {top} "
+                    f"(rank 0: {tops[0]}); start every rank with the same experiment and overrides")
+    return None
 
 
 def _resume_problem(cfg: DictConfig, env: setup.LaunchEnv, resume_dir: Path | None) -> str | None:

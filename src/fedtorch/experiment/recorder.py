@@ -39,7 +39,7 @@ METRIC_FIELDS = [
     "bytes_down", "bytes_up", "clients_aggregated", *CLIENT_EVAL_FIELDS,
 ]
 CLIENT_FIELDS = ["round", "client_id", "num_samples", "num_steps", "train_loss", "seconds", "aggregated"]
-_MESSAGE_FIELDS = {"delta", "num_samples", "num_steps", "loss"}
+_MESSAGE_FIELDS = {"delta", "num_samples", "num_steps", "loss", "num_clients"}
 
 
 def final_result(cfg, metrics: list[dict], rounds: int) -> dict:

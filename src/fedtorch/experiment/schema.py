@@ -132,6 +132,7 @@ class ExecutionConfig:
     max_clients_per_step: Optional[int] = None  # vectorized: clients trained at once; null: what fits a memory budget
     worker_mode: str = "serial"  # distributed: each rank's local executor, serial | parallel | vectorized (docs/distributed.md)
     server_trains: bool = True  # distributed: rank 0 trains a share of the clients too; false: it only serves
+    edges: int = 0  # distributed: hierarchical FL, the training ranks grouped under this many edge aggregators (docs/distributed.md); 0: flat
     timeout_s: float = 300.0  # distributed: seconds rank 0 waits for a worker (a worker twice that for rank 0), more than a rank's share of a round and rank 0's evaluation; then the run stops naming the rank
 
 

@@ -88,18 +88,24 @@ def check_weighting(weighting: str) -> None:
         raise ValueError(f"federation.weighting: unknown value {weighting!r}; allowed: {', '.join(WEIGHTINGS)}")
 
 
-def aggregation_weights(num_samples: torch.Tensor, weighting: str) -> torch.Tensor:
-    """p_i over the aggregated clients: n_i / sum n_j (``"samples"``) or 1/M (``"uniform"``).
+def aggregation_weights(num_samples: torch.Tensor, weighting: str, num_clients: torch.Tensor | int = 1) -> torch.Tensor:
+    """p_i over the aggregated rows: n_i / sum n_j (``"samples"``) or c_i / sum c_j
+    (``"uniform"``; c_i = ``num_clients``, 1 for a client, so 1/M).
 
     Args:
-        num_samples: ``(M,)`` n_i of the aggregated clients.
+        num_samples: ``(M,)`` n_i of the aggregated clients (or edge rows).
         weighting: ``"samples"`` or ``"uniform"``.
+        num_clients: ``(M,)`` or a number, the clients each row combines (an edge's
+            partial sum, :mod:`fedtorch.edge_sums`).
 
     Returns:
         ``(M,)`` float64 weights summing to 1.
     """
     n = num_samples.to(torch.float64)
-    return n / n.sum() if weighting == "samples" else torch.full_like(n, 1.0 / len(n))
+    if weighting == "samples":
+        return n / n.sum()
+    c = torch.as_tensor(num_clients).to(n).expand_as(n)
+    return c / c.sum()
 
 
 def plan_tasks(hooks: "Hooks", data: FederatedData, round: int, clients: list[int], work: LocalWork,

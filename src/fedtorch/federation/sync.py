@@ -15,6 +15,7 @@ from typing import Callable
 import torch
 
 from fedtorch.data.federated import FederatedData
+from fedtorch.edge_sums import client_weights, finite_rows, is_edge_reducible, valid_messages
 from fedtorch.federation.byzantine import Attack, RobustAggregation
 from fedtorch.federation.client_states import ClientStateStore
 from fedtorch.federation.local_privacy import LocalPrivacy
@@ -26,7 +27,7 @@ from fedtorch.federation.secure_sum import SecureSum
 from fedtorch.federation.uplink import Uplink, split_state
 from fedtorch.protocol import ClientMessage, ClientResult, ServerState
 
-__all__ = ["SyncSettings", "RoundReport", "run_sync", "aggregation_weights"]
+__all__ = ["SyncSettings", "RoundReport", "run_sync", "aggregation_weights", "finite_rows"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -68,6 +69,14 @@ class SyncSettings(LocalWork):
     local_privacy: LocalPrivacy = LocalPrivacy()
     secure: SecureSum = SecureSum()
 
+    def per_client_transforms(self) -> list[str]:
+        """The configured transforms that need every client's own update (so an edge must
+        forward the messages, not sum them: :mod:`fedtorch.edge_sums`)."""
+        return [name for name, on in (
+            ("uplink compression", self.uplink.compressor is not None), ("attack simulation", self.attack.attack is not None),
+            ("robust aggregation", self.robust.aggregator is not None), ("DP-FedAvg", self.privacy.mechanism is not None),
+            ("secure aggregation", self.secure.enabled)) if on]
+
 
 @dataclass
 class RoundReport:
@@ -101,12 +110,6 @@ class RoundReport:
     server_metrics: dict | None = None
 
 
-def finite_rows(delta: torch.Tensor, block: int = 64) -> torch.Tensor:
-    """``(M,)`` bool: which rows of ``delta`` (``(M, P)``) are all finite, ``block`` rows at a
-    time (``torch.isfinite`` of all M rows at once would make (M, P) temporaries)."""
-    return torch.cat([torch.isfinite(rows).all(dim=-1) for rows in delta.split(block)])
-
-
 def run_sync(
     algorithm,
     executor,
@@ -129,21 +132,26 @@ def run_sync(
     """
     s = settings
     hooks = Hooks(algorithm, "sync")
+    edge_sums = (bool(getattr(executor, "edges", None)) and is_edge_reducible(algorithm) and not s.per_client_transforms()
+                 and server.buffers is None)  # else the edges forward every message
     for t in range(server.round, s.rounds):
         start = time.perf_counter()
         tasks = plan_tasks(hooks, data, t, s.sampler(s.seed, t, data.num_clients, s.clients_per_round), s)
         clients = [task.ctx.client_id for task in tasks]
         broadcast = s.buffers.broadcast(algorithm.broadcast(server), server)
-        results, messages, own = _train(algorithm, executor, store, server, s, t, tasks, broadcast)
+        if edge_sums:  # the edges' partial sums: rows of valid clients only
+            results, messages, own, valid, up, edge_metrics = _train_edges(algorithm, executor, store, server, s, tasks, broadcast)
+        else:
+            results, messages, own = _train(algorithm, executor, store, server, s, t, tasks, broadcast)
+            valid, edge_metrics = valid_messages(messages), {}
+            up = [r.message.nbytes + (0 if r.buffers is None else r.buffers.numel() * r.buffers.element_size()) for r in results]
         server, local_dp = s.local_privacy.account(server, tasks)
-        valid = finite_rows(messages.delta) & torch.isfinite(messages.loss.to(messages.delta.device))
         ok = valid.tolist()
         kept_results = [r for r, good in zip(results, ok) if good]  # a rejected (non-finite) update
         own = [o for o, good in zip(own, ok) if good]  # leaves the client's state as it was
-        up = [r.message.nbytes + (0 if r.buffers is None else r.buffers.numel() * r.buffers.element_size()) for r in results]
         train_loss, server_metrics = float("nan"), {}
         if valid.any() or s.privacy.mechanism is not None:  # DP releases its noise even without a client
-            kept = messages if bool(valid.all()) else messages.select(valid)  # no (M, P) copy when all are valid
+            kept = messages if edge_sums or bool(valid.all()) else messages.select(valid)  # no (M, P) copy when all are valid
             server, train_loss, own, server_metrics = _aggregate(algorithm, server, s, t, kept, kept_results, own, up, ok)
         else:
             server = server.replace(round=server.round + 1)
@@ -167,7 +175,7 @@ def run_sync(
             bytes_down=broadcast.nbytes * len(clients),
             bytes_up=sum(up),
             client_eval=client_eval,
-            server_metrics={**server_metrics, **local_dp} or None,
+            server_metrics={**server_metrics, **local_dp, **edge_metrics} or None,
         )
         if on_round is not None:
             on_round(server, report)
@@ -190,6 +198,18 @@ def _train(algorithm, executor, store: ClientStateStore, server: ServerState, s:
     return results, s.attack.poison(t, clients, ClientMessage.stack([r.message for r in results])), list(own)
 
 
+def _train_edges(algorithm, executor, store: ClientStateStore, server: ServerState, s: SyncSettings, tasks, broadcast):
+    """:func:`_train` through the executor's edges, which send partial weighted sums
+    (:mod:`fedtorch.edge_sums`): ``(results with light messages, the edge rows, own states,
+    (M,) valid, each client's upload bytes, {"bytes_up_edges": bytes of the rows})``."""
+    clients = [task.ctx.client_id for task in tasks]
+    states, own = zip(*(split_state(st) for st in store.get_many(clients, lambda: algorithm.init_client(server.x))))
+    weights = client_weights(torch.tensor([task.ctx.num_samples for task in tasks]), s.weighting)
+    edge = executor.run_edges(algorithm, broadcast, list(tasks), list(states), weights)
+    rows_bytes = 0 if edge.rows is None else edge.rows.nbytes
+    return edge.results, edge.rows, list(own), edge.valid, edge.upload_bytes, {"bytes_up_edges": rows_bytes}
+
+
 def _aggregate(algorithm, server: ServerState, s: SyncSettings, t: int, kept: ClientMessage, kept_results: list,
                own: list, up: list[int], ok: list[bool]) -> tuple[ServerState, float, list, dict]:
     """The server's step of round ``t`` over the valid messages ``kept``: uplink decoding
@@ -203,7 +223,7 @@ def _aggregate(algorithm, server: ServerState, s: SyncSettings, t: int, kept: Cl
         for i, b in zip([i for i, good in enumerate(ok) if good], sent):
             up[i] += b - dense
     if kept_results:
-        weights = aggregation_weights(kept.num_samples, s.weighting)
+        weights = aggregation_weights(kept.num_samples, s.weighting, kept.num_clients)
     else:  # no client (DP's empty Poisson round): no weights
         weights = torch.zeros(0, dtype=torch.float64, device=kept.loss.device)
     buffers = s.buffers.aggregate(server, kept_results, weights).buffers
