@@ -24,7 +24,7 @@ weighted means of their vector fields, under the round's p_i or the population q
 reads ``num_steps`` not at all: it declares ``edge_reducible = True``
 (:func:`is_edge_reducible`; :class:`fedtorch.algorithms.base.FedAlgorithm` gives True to a
 subclass that keeps the base server rule and False to one that overrides it, unless the
-subclass declares it). Any other algorithm (FedExP's norms, q-FFL's h, FedNova's a_i, ...)
+subclass declares it). Any other algorithm (FedExP's squared norms, FedNova's a_i, ...)
 and any round whose message transforms need each client's update (compression, attacks,
 robust aggregation, DP-FedAvg, secure aggregation, per-client model buffers) has its edges
 forward the messages unchanged.
@@ -62,6 +62,12 @@ def client_weights(num_samples: Tensor, weighting: str) -> Tensor:
     """``(M,)`` float64 w_i before normalisation: n_i (``"samples"``) or 1 (``"uniform"``)."""
     n = torch.as_tensor(num_samples).to(torch.float64)
     return n if weighting == "samples" else torch.ones_like(n)
+
+
+def upload_bytes(result: ClientResult) -> int:
+    """Bytes one client sends up: its message's tensor fields and its model buffers."""
+    buffers = result.buffers
+    return result.message.nbytes + (0 if buffers is None else buffers.numel() * buffers.element_size())
 
 
 def is_edge_reducible(algorithm) -> bool:

@@ -39,6 +39,7 @@ from fedtorch.execution.distributed_wire import (FAILED, RUN, STOP, Link, PeerEr
                                                  results_message, work_of)
 from fedtorch.protocol import Broadcast, ClientResult, ClientTask, State
 
+
 def assign(steps: Sequence[int], ranks: Sequence[int]) -> dict[int, list[int]]:
     """Greedy longest-processing-time assignment of tasks to ranks.
 

@@ -21,11 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
-from fedtorch.edge_sums import edge_row, light, valid_messages
+from fedtorch.edge_sums import edge_row, light, upload_bytes, valid_messages
 from fedtorch.protocol import ClientMessage, ClientResult
-
-EDGE = "edge"
-
 
 def edge_groups(ranks: list[int], count: int) -> list[list[int]]:
     """``ranks`` cut into ``count`` contiguous edges, the first ``len(ranks) % count`` one
@@ -72,7 +69,7 @@ def edge_part(results: list[ClientResult], weights: list[float] | None) -> EdgeP
         return EdgePart(results)
     stacked = ClientMessage.stack([r.message for r in results])
     valid = valid_messages(stacked)
-    upload = [r.message.nbytes + (0 if r.buffers is None else r.buffers.numel() * r.buffers.element_size()) for r in results]
+    upload = [upload_bytes(r) for r in results]
     row = None
     if bool(valid.any()):
         kept = stacked if bool(valid.all()) else stacked.select(valid)

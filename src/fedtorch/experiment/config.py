@@ -236,8 +236,6 @@ def validate(cfg: DictConfig) -> DictConfig:
     _choice_or_plugin("model.name", cfg.model.name, MODELS, 2, plugins.MODEL_RULE)
     plugins.loss_function(cfg.model.loss)
     _choice("execution.mode", cfg.execution.mode, MODES)
-    _require(cfg.execution.edges == 0 or (cfg.execution.mode == "distributed" and cfg.execution.edges > 0), "execution.edges",
-             cfg.execution.edges, "edges group worker processes: a count >= 1 with execution.mode=distributed, else 0")
     _validate_federation(cfg)  # mode, async clock and delays, stragglers, early stopping
     _rule(check_weighting, f.weighting)
     _choice("logging.progress", cfg.logging.progress, {"auto", "rich", "plain", "none"})
@@ -338,6 +336,8 @@ def server_hparams(cfg: DictConfig) -> tuple[str, dict[str, Any]]:
 def _validate_execution(e: DictConfig) -> None:
     for key in ("threads", "max_clients_per_step"):
         _rule(check_count, key, e[key])
+    _require(e.edges == 0 or (e.mode == "distributed" and e.edges > 0), "execution.edges", e.edges,
+             "edges group worker processes: a count >= 1 with execution.mode=distributed, else 0")
     if e.devices is not None:
         try:
             parse_slots(list(e.devices))

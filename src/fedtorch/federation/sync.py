@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 
 from fedtorch.data.federated import FederatedData
-from fedtorch.edge_sums import client_weights, finite_rows, is_edge_reducible, valid_messages
+from fedtorch.edge_sums import client_weights, finite_rows, is_edge_reducible, upload_bytes, valid_messages
 from fedtorch.federation.byzantine import Attack, RobustAggregation
 from fedtorch.federation.client_states import ClientStateStore
 from fedtorch.federation.local_privacy import LocalPrivacy
@@ -144,7 +144,7 @@ def run_sync(
         else:
             results, messages, own = _train(algorithm, executor, store, server, s, t, tasks, broadcast)
             valid, edge_metrics = valid_messages(messages), {}
-            up = [r.message.nbytes + (0 if r.buffers is None else r.buffers.numel() * r.buffers.element_size()) for r in results]
+            up = [upload_bytes(r) for r in results]
         server, local_dp = s.local_privacy.account(server, tasks)
         ok = valid.tolist()
         kept_results = [r for r, good in zip(results, ok) if good]  # a rejected (non-finite) update
@@ -191,19 +191,23 @@ def _train(algorithm, executor, store: ClientStateStore, server: ServerState, s:
     empty cohort (Poisson sampling) gives no results and a message of zero rows."""
     if not tasks:
         return [], ClientMessage.empty(server.x.numel(), server.x.device), []
-    clients = [task.ctx.client_id for task in tasks]
-    states, own = zip(*(split_state(st) for st in store.get_many(clients, lambda: algorithm.init_client(server.x))))
+    states, own = _states(algorithm, store, server, tasks)
     results = executor.run(algorithm, broadcast, s.buffers.tasks(tasks, own), list(states))
     states = None  # read states (a spilled store's buffer) freed before the new ones are stored
-    return results, s.attack.poison(t, clients, ClientMessage.stack([r.message for r in results])), list(own)
+    return results, s.attack.poison(t, [task.ctx.client_id for task in tasks], ClientMessage.stack([r.message for r in results])), list(own)
+
+
+def _states(algorithm, store: ClientStateStore, server: ServerState, tasks) -> tuple[tuple, tuple]:
+    """The tasks' persistent states from the store, split into ``(the algorithm's, the loop's own)``."""
+    clients = [task.ctx.client_id for task in tasks]
+    return zip(*(split_state(st) for st in store.get_many(clients, lambda: algorithm.init_client(server.x))))
 
 
 def _train_edges(algorithm, executor, store: ClientStateStore, server: ServerState, s: SyncSettings, tasks, broadcast):
     """:func:`_train` through the executor's edges, which send partial weighted sums
     (:mod:`fedtorch.edge_sums`): ``(results with light messages, the edge rows, own states,
     (M,) valid, each client's upload bytes, {"bytes_up_edges": bytes of the rows})``."""
-    clients = [task.ctx.client_id for task in tasks]
-    states, own = zip(*(split_state(st) for st in store.get_many(clients, lambda: algorithm.init_client(server.x))))
+    states, own = _states(algorithm, store, server, tasks)
     weights = client_weights(torch.tensor([task.ctx.num_samples for task in tasks]), s.weighting)
     edge = executor.run_edges(algorithm, broadcast, list(tasks), list(states), weights)
     rows_bytes = 0 if edge.rows is None else edge.rows.nbytes
