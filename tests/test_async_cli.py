@@ -155,7 +155,8 @@ def test_cifar10_experiment_without_pickles_says_where_to_put_them(capsys, tmp_p
 @pytest.mark.parametrize("folder", ["FashionMNIST/async_A0d5C10", "FashionMNIST/async_shards2_C1000", "CIFAR10/async_A0d5C10"])
 def test_async_experiment_folders_validate(folder):
     from fedtorch.experiment.async_run import async_settings
-    from fedtorch.experiment.config import delay_model, load_experiment, validate
+    from fedtorch.experiment.config import load_experiment, validate
+    from fedtorch.experiment.run_settings import delay_model
 
     from fedtorch.experiment.config import apply_overrides
 

@@ -69,7 +69,8 @@ def test_aggregation_weights():
 
 
 def test_participation_fraction(tiny_experiment):
-    from fedtorch.experiment.config import apply_overrides, clients_per_round, load_experiment, validate
+    from fedtorch.experiment.config import apply_overrides, load_experiment, validate
+    from fedtorch.experiment.run_settings import clients_per_round
 
     base, _ = load_experiment(tiny_experiment)
     assert clients_per_round(validate(apply_overrides(base, ["federation.participation=0.3"]))) == 3

@@ -215,7 +215,8 @@ def _cmd_algorithms(experiment: str | None = None) -> int:
 
     from fedtorch.algorithms import available_algorithms, get_algorithm
     from fedtorch.algorithms.registry import is_builtin
-    from fedtorch.experiment.config import load_experiment, resolve_server
+    from fedtorch.experiment.config import load_experiment
+    from fedtorch.experiment.run_settings import resolve_server
     from fedtorch.experiment.plugins import reference
     from fedtorch.experiment.schema import ServerConfig
 

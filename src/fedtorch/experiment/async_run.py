@@ -21,7 +21,7 @@ from typing import Callable
 from fedtorch.execution.distributed_async import WorkerPool
 from fedtorch.experiment.async_outputs import AsyncRecorder, plot_async
 from fedtorch.experiment.checkpoint import read_checkpoint, save_checkpoint
-from fedtorch.experiment.config import clients_per_round, delay_model, local_work
+from fedtorch.experiment.run_settings import clients_per_round, delay_model, local_work
 from fedtorch.experiment.divergence import Diverged, divergence
 from fedtorch.experiment.errors import ConfigError
 from fedtorch.experiment.progress import RoundProgress
@@ -35,10 +35,10 @@ def async_settings(cfg) -> AsyncSettings:
     """The :class:`AsyncSettings` of a validated config.
 
     ``rounds`` becomes the number of server updates, ``federation.concurrency`` the
-    clients in flight (null: M, :func:`~fedtorch.experiment.config.clients_per_round`),
+    clients in flight (null: M, :func:`~fedtorch.experiment.run_settings.clients_per_round`),
     ``federation.buffer_size`` the buffered step's K, ``federation.max_seconds`` the
     simulated-time limit (seconds, or None); the local work is
-    :func:`~fedtorch.experiment.config.local_work`'s, as for synchronous rounds, and
+    :func:`~fedtorch.experiment.run_settings.local_work`'s, as for synchronous rounds, and
     ``eval_every`` comes from ``eval.every`` (server versions between test evaluations).
 
     Args:

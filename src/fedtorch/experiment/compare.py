@@ -28,7 +28,8 @@ from fedtorch.algorithms import available_algorithms, get_algorithm  # noqa: E40
 from fedtorch.experiment.atomic import write_text  # noqa: E402
 from fedtorch.experiment.plots import save_figure  # noqa: E402
 from fedtorch.data.partition import PARTITIONERS  # noqa: E402
-from fedtorch.experiment.config import apply_overrides, clients_per_round, parse_override, validate  # noqa: E402
+from fedtorch.experiment.config import apply_overrides, parse_override, validate  # noqa: E402
+from fedtorch.experiment.run_settings import clients_per_round  # noqa: E402
 from fedtorch.experiment.errors import ConfigError  # noqa: E402
 from fedtorch.experiment.paths import experiment_output_dir, make_unique_dir, timestamp  # noqa: E402
 from fedtorch.experiment.runner import execute, new_run_dir, prepare  # noqa: E402

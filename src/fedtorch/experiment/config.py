@@ -20,7 +20,6 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from fedtorch.algorithms.server_optimizers import SERVER_OPTIMIZERS, make_server_optimizer, server_optimizer_keys
 from fedtorch.data import DATASETS, PARTITIONERS
 from fedtorch.data.local_split import check_holdout
 from fedtorch.data.partition.common import check_at_least, check_dirichlet
@@ -31,10 +30,10 @@ from fedtorch.experiment.algorithm_config import algorithm_entry, algorithm_hpar
 from fedtorch.experiment.compression_config import build_compressor
 from fedtorch.experiment.privacy_config import check_privacy
 from fedtorch.experiment.robust_config import build_aggregator, build_attack
-from fedtorch.experiment.errors import ConfigError
+from fedtorch.experiment.errors import ConfigError, check_choice, check_rule
+from fedtorch.experiment.run_settings import delay_model, resolve_server
 from fedtorch.experiment.schema import Config
 from fedtorch.federation.async_settings import check_async_times, check_clock, check_concurrency
-from fedtorch.federation.delays import DelayError, DelayModel, read_trace
 from fedtorch.federation.planning import HookError, Hooks, check_weighting
 from fedtorch.federation.sampling import check_clients_per_round
 from fedtorch.federation.server_steps import check_buffer_size
@@ -179,22 +178,12 @@ def _is_section(section: str) -> bool:
         return False
 
 
-def _choice(key: str, value: Any, allowed) -> None:
-    if value not in allowed:
-        raise ConfigError(f"{key}: unknown value {value!r}; allowed: {', '.join(sorted(allowed))}")
-
-
 def _choice_or_plugin(key: str, value: Any, allowed, nargs: int, rule: str) -> None:
     """A built-in name, or a plug-in reference to a callable taking ``nargs`` arguments."""
     if plugins.is_reference(value):
         plugins.callable_plugin(key, value, nargs, rule)
     else:
-        _choice(key, value, allowed)
-
-
-def _require(ok: bool, key: str, value: Any, rule: str) -> None:
-    if not ok:
-        raise ConfigError(f"{key}={value!r} is not allowed: {rule}")
+        check_choice(key, value, allowed)
 
 
 def _rule(check, *args) -> None:
@@ -213,11 +202,11 @@ def _validate_tracking(log) -> None:
     (:func:`~fedtorch.experiment.tracking.check_available`: the message names the pip command)."""
     from fedtorch.experiment.tracking import check_available
 
-    _choice("logging.wandb_mode", log.wandb_mode, {"offline", "online"})
+    check_choice("logging.wandb_mode", log.wandb_mode, {"offline", "online"})
     for key in ("mlflow_uri", "mlflow_experiment", "wandb_project"):
-        _require(log[key] is None or log[key].strip() != "", f"logging.{key}", log[key], "must be null or a non-empty text")
+        check_rule(log[key] is None or log[key].strip() != "", f"logging.{key}", log[key], "must be null or a non-empty text")
     p = log.wandb_project
-    _require(p is None or not set(p) & set("/\\#?%:"), "logging.wandb_project", p,
+    check_rule(p is None or not set(p) & set("/\\#?%:"), "logging.wandb_project", p,
              "W&B project names cannot hold any of / \\ # ? % :")
     check_available(log)
 
@@ -235,10 +224,10 @@ def validate(cfg: DictConfig) -> DictConfig:
     _choice_or_plugin("data.partition", d.partition, PARTITIONERS, 3, plugins.PARTITION_RULE)
     _choice_or_plugin("model.name", cfg.model.name, MODELS, 2, plugins.MODEL_RULE)
     plugins.loss_function(cfg.model.loss)
-    _choice("execution.mode", cfg.execution.mode, MODES)
+    check_choice("execution.mode", cfg.execution.mode, MODES)
     _validate_federation(cfg)  # mode, async clock and delays, stragglers, early stopping
     _rule(check_weighting, f.weighting)
-    _choice("logging.progress", cfg.logging.progress, {"auto", "rich", "plain", "none"})
+    check_choice("logging.progress", cfg.logging.progress, {"auto", "rich", "plain", "none"})
     _validate_tracking(cfg.logging)
     build_compressor(cfg)  # compression.*
     build_aggregator(cfg)  # robust.*
@@ -246,50 +235,50 @@ def validate(cfg: DictConfig) -> DictConfig:
     check_privacy(cfg)  # privacy.*
     _rule(check_dirichlet, "alpha", d.alpha)
     _rule(check_at_least, "num_clients", d.num_clients, 1)
-    _require(d.min_samples >= 0, "data.min_samples", d.min_samples, "must be >= 0")
+    check_rule(d.min_samples >= 0, "data.min_samples", d.min_samples, "must be >= 0")
     _rule(check_at_least, "shards_per_client", d.shards_per_client, 1)
     _rule(check_dirichlet, "beta", d.beta)
-    _require(d.classes_per_client >= 1, "data.classes_per_client", d.classes_per_client, "must be >= 1")
+    check_rule(d.classes_per_client >= 1, "data.classes_per_client", d.classes_per_client, "must be >= 1")
     for key in ("size_sigma", "noise_sigma", "synthetic_alpha", "synthetic_beta"):
         _rule(check_at_least, key, d[key], 0, True)
     if d.partition == "natural":
-        _require(not plugins.is_reference(d.dataset), "data.partition", d.partition,
+        check_rule(not plugins.is_reference(d.dataset), "data.partition", d.partition,
                  "a plug-in dataset has no users of its own; use a partitioner (or a plug-in one)")
         with_users = sorted(name for name, spec in DATASETS.items() if spec.users)
-        _require(DATASETS[d.dataset].users, "data.partition", d.partition,
+        check_rule(DATASETS[d.dataset].users, "data.partition", d.partition,
                  f"dataset {d.dataset!r} has no users of its own; natural needs one of {', '.join(with_users)}")
     for key in ("max_train_samples", "max_test_samples"):
         v = d[key]
-        _require(v is None or v >= 1, f"data.{key}", v, "must be null or >= 1")
+        check_rule(v is None or v >= 1, f"data.{key}", v, "must be null or >= 1")
     for key in ("image_key", "label_key", "test_split"):  # dataset=huggingface's column and split names
         v = d[key]
-        _require((v is None and key == "test_split") or (isinstance(v, str) and v.strip() != ""), f"data.{key}", v,
+        check_rule((v is None and key == "test_split") or (isinstance(v, str) and v.strip() != ""), f"data.{key}", v,
                  "must be a non-empty column or split name" + (" (or null: 'test')" if key == "test_split" else ""))
-    _require(d.image_key != d.label_key, "data.label_key", d.label_key, "must name another column than data.image_key")
-    _require(cfg.rounds >= 1, "rounds", cfg.rounds, "must be >= 1")
-    _require(c.lr > 0, "client.lr", c.lr, "must be > 0")
-    _require(c.batch_size >= 1, "client.batch_size", c.batch_size, "must be >= 1")
-    _require(c.local_epochs >= 1, "client.local_epochs", c.local_epochs, "must be >= 1")
-    _require(c.local_steps is None or c.local_steps >= 1, "client.local_steps", c.local_steps, "must be null or >= 1")
-    _require(0 <= c.momentum < 1, "client.momentum", c.momentum, "must be in [0, 1)")
-    _require(c.weight_decay >= 0, "client.weight_decay", c.weight_decay, "must be >= 0")
+    check_rule(d.image_key != d.label_key, "data.label_key", d.label_key, "must name another column than data.image_key")
+    check_rule(cfg.rounds >= 1, "rounds", cfg.rounds, "must be >= 1")
+    check_rule(c.lr > 0, "client.lr", c.lr, "must be > 0")
+    check_rule(c.batch_size >= 1, "client.batch_size", c.batch_size, "must be >= 1")
+    check_rule(c.local_epochs >= 1, "client.local_epochs", c.local_epochs, "must be >= 1")
+    check_rule(c.local_steps is None or c.local_steps >= 1, "client.local_steps", c.local_steps, "must be null or >= 1")
+    check_rule(0 <= c.momentum < 1, "client.momentum", c.momentum, "must be in [0, 1)")
+    check_rule(c.weight_decay >= 0, "client.weight_decay", c.weight_decay, "must be >= 0")
     if f.participation is not None:
-        _require(0 < f.participation <= 1, "federation.participation", f.participation, "must be in (0, 1]")
+        check_rule(0 < f.participation <= 1, "federation.participation", f.participation, "must be in (0, 1]")
     else:
         _rule(check_clients_per_round, f.clients_per_round, d.num_clients)
-    _require(cfg.eval.every >= 1, "eval.every", cfg.eval.every, "must be >= 1")
-    _require(cfg.eval.clients_every >= 0, "eval.clients_every", cfg.eval.clients_every, "must be >= 0 (0: off)")
+    check_rule(cfg.eval.every >= 1, "eval.every", cfg.eval.every, "must be >= 1")
+    check_rule(cfg.eval.clients_every >= 0, "eval.clients_every", cfg.eval.clients_every, "must be >= 0 (0: off)")
     _rule(check_holdout, cfg.eval.holdout)
-    _require(cfg.eval.diverge_loss is None or cfg.eval.diverge_loss > 0, "eval.diverge_loss", cfg.eval.diverge_loss,
+    check_rule(cfg.eval.diverge_loss is None or cfg.eval.diverge_loss > 0, "eval.diverge_loss", cfg.eval.diverge_loss,
              "must be null (off) or > 0")
-    _require(0 < cfg.eval.diverge_nonfinite <= 1, "eval.diverge_nonfinite", cfg.eval.diverge_nonfinite, "must be in (0, 1]")
-    _require(cfg.checkpoint.every >= 1, "checkpoint.every", cfg.checkpoint.every, "must be >= 1")
+    check_rule(0 < cfg.eval.diverge_nonfinite <= 1, "eval.diverge_nonfinite", cfg.eval.diverge_nonfinite, "must be in (0, 1]")
+    check_rule(cfg.checkpoint.every >= 1, "checkpoint.every", cfg.checkpoint.every, "must be >= 1")
     m = f.state_memory_mb
-    _require(m is None or (math.isfinite(m) and m >= 0), "federation.state_memory_mb", m,
+    check_rule(m is None or (math.isfinite(m) and m >= 0), "federation.state_memory_mb", m,
              "must be null (no limit: every client state in RAM) or a number of MiB >= 0 "
              "(states beyond it spill to <run_dir>/client_states; 0: all on disk)")
     dev = cfg.execution.device
-    _require(dev == "cpu" or re.fullmatch(r"cuda(:\d+)?", dev) is not None, "execution.device", dev, "use cpu, cuda or cuda:<index>")
+    check_rule(dev == "cpu" or re.fullmatch(r"cuda(:\d+)?", dev) is not None, "execution.device", dev, "use cpu, cuda or cuda:<index>")
     _validate_execution(cfg.execution)
     cls, hp = algorithm_hparams(cfg)
     server = resolve_server(cfg.server, cls)
@@ -300,43 +289,10 @@ def validate(cfg: DictConfig) -> DictConfig:
     return cfg
 
 
-def resolve_server(server: DictConfig, cls) -> dict[str, Any]:
-    """The server optimiser's name and every hyper-parameter it takes.
-
-    Precedence: keys set in ``server.*`` > the algorithm's ``server_defaults`` (only
-    when its optimiser is the one in use) > the optimiser's own defaults.
-
-    Raises:
-        ConfigError: unknown optimiser, a key the optimiser does not use, or a value
-            out of range.
-    """
-    algo = dict(cls.server_defaults)
-    name = server.optimizer or algo.get("optimizer", "sgd")
-    _choice("server.optimizer", name, SERVER_OPTIMIZERS)
-    if name != algo.pop("optimizer", "sgd"):
-        algo = {}
-    allowed = server_optimizer_keys(name)
-    user = {k: v for k, v in server.items() if k != "optimizer" and v is not None}
-    for key, value in user.items():
-        if key not in allowed:
-            raise ConfigError(f"server.{key}={value!r} is not used by server.optimizer={name!r}; it takes {', '.join('server.' + k for k in allowed)}")
-    try:
-        opt = make_server_optimizer(name, **{**algo, **user})
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-    return {"optimizer": name, **{k: getattr(opt, k) for k in allowed}}
-
-
-def server_hparams(cfg: DictConfig) -> tuple[str, dict[str, Any]]:
-    """``(optimizer name, hyper-parameters)`` of a validated config's server section."""
-    section = {k: v for k, v in cfg.server.items() if v is not None}
-    return section.pop("optimizer"), section
-
-
 def _validate_execution(e: DictConfig) -> None:
     for key in ("threads", "max_clients_per_step"):
         _rule(check_count, key, e[key])
-    _require(e.edges == 0 or (e.mode == "distributed" and e.edges > 0), "execution.edges", e.edges,
+    check_rule(e.edges == 0 or (e.mode == "distributed" and e.edges > 0), "execution.edges", e.edges,
              "edges group worker processes: a count >= 1 with execution.mode=distributed, else 0")
     if e.devices is not None:
         try:
@@ -345,63 +301,29 @@ def _validate_execution(e: DictConfig) -> None:
             raise ConfigError(str(err)) from None
 
 
-def local_work(cfg: DictConfig) -> dict[str, Any]:
-    """The :class:`~fedtorch.federation.planning.LocalWork` keyword arguments of a validated
-    config, shared by ``SyncSettings`` and ``AsyncSettings`` (``client.*``, ``seed``,
-    ``federation.weighting``, ``stragglers.*``)."""
-    c = cfg.client
-    return dict(
-        batch_size=c.batch_size, local_epochs=c.local_epochs, local_steps=c.local_steps, lr=c.lr, seed=cfg.seed,
-        weighting=cfg.federation.weighting, straggler_fraction=cfg.stragglers.fraction,
-        straggler_policy=cfg.stragglers.policy, early_stopping=c.early_stopping,
-    )
-
-
-def clients_per_round(cfg: DictConfig) -> int:
-    """M: ``federation.participation * N`` (rounded, at least 1) if set, else ``clients_per_round``."""
-    f = cfg.federation
-    if f.participation is not None:
-        return max(1, round(f.participation * cfg.data.num_clients))
-    return f.clients_per_round
-
-
 def _validate_federation(cfg: DictConfig) -> None:
     """``federation.*`` (sync or async), ``delays.*``, ``stragglers.*`` and the client options
     that depend on the mode (``client.early_stopping``, ``client.lr_delay_alpha``). The
     range rules live with the loops that use them (``fedtorch.federation``); the rules here
     are about which options a mode honours."""
     f, c, st = cfg.federation, cfg.client, cfg.stragglers
-    _choice("federation.mode", f.mode, {"sync", "async"})
-    _require(c.early_stopping >= 0, "client.early_stopping", c.early_stopping, "must be >= 0 epochs (0: off)")
+    check_choice("federation.mode", f.mode, {"sync", "async"})
+    check_rule(c.early_stopping >= 0, "client.early_stopping", c.early_stopping, "must be >= 0 epochs (0: off)")
     _rule(check_async_times, c.lr_delay_alpha, f.max_seconds)
     _rule(check_stragglers, st.fraction, st.policy)
     if f.mode == "sync":
-        _require(c.lr_delay_alpha == 0, "client.lr_delay_alpha", c.lr_delay_alpha,
+        check_rule(c.lr_delay_alpha == 0, "client.lr_delay_alpha", c.lr_delay_alpha,
                  "needs federation.mode=async (synchronous rounds have no delays)")
-        _require(f.buffer_size is None, "federation.buffer_size", f.buffer_size,
+        check_rule(f.buffer_size is None, "federation.buffer_size", f.buffer_size,
                  "needs federation.mode=async (a synchronous round aggregates its whole cohort)")
         return
     cls, _ = algorithm_hparams(cfg)
     _rule(check_buffer_size, f.buffer_size, Hooks(cls, "async"))
-    _require(st.fraction == 0, "stragglers.fraction", st.fraction,
+    check_rule(st.fraction == 0, "stragglers.fraction", st.fraction,
              "stragglers are for federation.mode=sync; in async mode slow clients come from delays.*")
-    _require(cfg.eval.clients_every == 0, "eval.clients_every", cfg.eval.clients_every,
+    check_rule(cfg.eval.clients_every == 0, "eval.clients_every", cfg.eval.clients_every,
              "per-client evaluation needs federation.mode=sync (asynchronous runs have no rounds to evaluate after)")
     _rule(check_clock, f.clock, f.sleep_scale)
     if f.concurrency is not None:
         _rule(check_concurrency, f.concurrency, cfg.data.num_clients)
     delay_model(cfg)
-
-
-def delay_model(cfg: DictConfig) -> DelayModel:
-    """The :class:`~fedtorch.federation.delays.DelayModel` of ``delays.*`` (reads the trace file).
-
-    Raises:
-        ConfigError: unknown model, a negative delay, or a missing or malformed trace.
-    """
-    d = cfg.delays
-    try:
-        trace = read_trace(d.trace, cfg.data.num_clients) if d.model == "trace" and d.trace else ()
-        return DelayModel(model=d.model, mean=d.mean, max=d.max, sigma=d.sigma, step_seconds=d.step_seconds, trace=trace)
-    except DelayError as e:
-        raise ConfigError(str(e)) from None

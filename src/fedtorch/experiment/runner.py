@@ -32,7 +32,8 @@ from fedtorch.execution.local_training import MINIBATCH
 from fedtorch.experiment import plugins
 from fedtorch.experiment.atomic import write_text
 from fedtorch.experiment.checkpoint import CHECKPOINT_NAME, PREV_CHECKPOINT_NAME, read_checkpoint, save_checkpoint, save_model
-from fedtorch.experiment.config import algorithm_hparams, clients_per_round, local_work, server_hparams
+from fedtorch.experiment.algorithm_config import algorithm_hparams
+from fedtorch.experiment.run_settings import clients_per_round, local_work, server_hparams
 from fedtorch.experiment.divergence import Diverged, divergence
 from fedtorch.experiment.divergence import hint as divergence_hint
 from fedtorch.experiment.errors import ConfigError
