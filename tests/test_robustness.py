@@ -127,9 +127,9 @@ def test_compare_header_uses_participation_and_the_partitions_own_settings(capsy
 
 def same_second(monkeypatch):
     """Every folder-naming timestamp frozen at one second."""
-    from fedtorch.experiment import compare, runner, sweep
+    from fedtorch.experiment import compare, run_dirs, sweep
 
-    for module in (paths, runner, compare, sweep):
+    for module in (paths, run_dirs, compare, sweep):
         monkeypatch.setattr(module, "timestamp", lambda: "20260101-000000")
 
 

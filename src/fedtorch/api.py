@@ -293,7 +293,7 @@ def prepare_resume(cfg: DictConfig, run_dir: Path) -> Prepared:
     """Check that ``run_dir`` can be resumed (needs no data), then prepare its run.
 
     Raises:
-        ConfigError: :func:`~fedtorch.experiment.runner.check_resumable` refuses, or data errors.
+        ConfigError: :func:`~fedtorch.experiment.run_dirs.check_resumable` refuses, or data errors.
     """
     runner.check_resumable(cfg, run_dir)
     return runner.prepare(cfg)

@@ -135,7 +135,8 @@ def _cmd_reproduce(args) -> int:
 def _cmd_run(args) -> int:
     from fedtorch import api
     from fedtorch.experiment.config import load_experiment
-    from fedtorch.experiment.runner import RESULT_NAME, interrupted_hint, load_run_config
+    from fedtorch.experiment.run_dirs import interrupted_hint, load_run_config
+    from fedtorch.experiment.runner import RESULT_NAME
     from fedtorch.experiment.sweep import run_sweep
 
     if args.resume:

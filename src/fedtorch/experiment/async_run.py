@@ -6,7 +6,7 @@ arrival, every other one through the buffered server step
 (:mod:`fedtorch.federation.server_steps`, ``federation.buffer_size``). The final model is
 always evaluated and saved in ``checkpoint.pt``, with checkpoints every
 ``checkpoint.every`` server versions on the way (simulated clock); whether the run can be
-resumed is decided in one place, :func:`fedtorch.experiment.runner.check_resumable`. The run directory's
+resumed is decided in one place, :func:`fedtorch.experiment.run_dirs.check_resumable`. The run directory's
 epilogue (model, plots, selection, ``result.json``) is the runner's, shared with the
 synchronous loop.
 """

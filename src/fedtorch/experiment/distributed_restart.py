@@ -164,7 +164,7 @@ def open_run_dir(prep, folder: Path | None, resume_dir: Path | None, attempt: At
     Raises:
         ConfigError: with ``resume_dir``, on a restart, no usable checkpoint there.
     """
-    from fedtorch.experiment.runner import check_resumable, new_run_dir
+    from fedtorch.experiment.run_dirs import check_resumable, new_run_dir
 
     if resume_dir is not None:
         if attempt.restart > 0:

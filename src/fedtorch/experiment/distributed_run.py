@@ -262,7 +262,7 @@ def _topology_problem(env: setup.LaunchEnv, cfg: DictConfig) -> str | None:
 def _resume_problem(cfg: DictConfig, env: setup.LaunchEnv, resume_dir: Path | None) -> str | None:
     if resume_dir is None or env.rank != 0:
         return None
-    from fedtorch.experiment.runner import check_resumable
+    from fedtorch.experiment.run_dirs import check_resumable
 
     try:
         check_resumable(cfg, resume_dir)
