@@ -82,3 +82,18 @@ def runs_dir(tmp_path) -> Path:
 
 def dedent(text: str) -> str:
     return textwrap.dedent(text).lstrip()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _algorithm_registry_per_module():
+    """Plug-in algorithms a test module registers (an experiment's ``config.py`` loaded in
+    this process) are dropped when the module ends, so that no later module sees them
+    (``available: ...`` in error messages lists every registered name)."""
+    from fedtorch.algorithms import registry
+
+    saved = dict(registry._REGISTRY), dict(registry._ALIASES)
+    yield
+    registry._REGISTRY.clear()
+    registry._REGISTRY.update(saved[0])
+    registry._ALIASES.clear()
+    registry._ALIASES.update(saved[1])
