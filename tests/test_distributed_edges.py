@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from distributed_helpers import torchrun
+from distributed_helpers import FEDTORCH, error_lines, torchrun
 from helpers import metrics
 from test_distributed import DIST, ROUNDS, _serial, experiment  # noqa: F401  (the module fixture)
 
@@ -123,3 +123,16 @@ def test_a_members_failure_reaches_rank_0_through_its_leader(runs):
     assert results["member-raises"]["code"] == 1
     lines = [line for line in err.splitlines() if line.startswith("error:") and "injected failure" in line]
     assert lines == ["error: distributed run stopped: rank 2 failed: its local training raised RuntimeError: injected failure"]
+
+
+@pytest.mark.parametrize("fault, words", [("kill", ["rank 3 failed", "connection closed"]),
+                                          ("hang", ["rank 3 failed", "2 x execution.timeout_s=3 s"])])
+def test_a_dead_or_silent_edge_leader_stops_the_run_with_one_line_naming_it(fault, words, experiment, tmp_path):  # noqa: F811
+    """Rank 3 leads the edge {3, 4}: rank 0 waits twice execution.timeout_s for a leader (it
+    may itself be waiting on a member), then names it; rank 0 itself never times out."""
+    args = [FEDTORCH, "run", str(experiment), "algorithm.name=faulty", f"algorithm.fault={fault}", "algorithm.rank=3",
+            "execution.timeout_s=3", *EDGES, *DIST, f"output_dir={tmp_path}"]
+    code, out, err = torchrun(args, nproc=5, timeout=120)  # asserts that no process is left
+    lines = [line for line in error_lines(err) if "rank 3 failed" in line]
+    assert code != 0 and len(lines) == 1 and all(w in lines[0] for w in words), err[-3000:]
+    assert not [line for line in error_lines(err) if "rank 0 failed" in line]

@@ -290,7 +290,8 @@ class DistributedExecutor:
         exit code (0 after a finished run, 1 when rank 0 stopped on an error).
 
         A client whose training raises is reported to rank 0 (which stops the run with the
-        error naming this rank); this rank then waits for the stop.
+        error naming this rank); this rank then waits for the stop. An edge member whose
+        leader does not take its results also waits for the stop: rank 0 names the leader.
 
         Raises:
             PeerError: rank 0 sent nothing within 2 x ``execution.timeout_s``, or is gone.
@@ -315,11 +316,17 @@ class DistributedExecutor:
                     link.send(head, payload)
                     continue
             target = self.links[header.get("report_to", 0)]
-            if failure is not None:
-                target.send(failure)
-            else:
-                head, payload = results_message(results, target.device)
-                target.send({**head, "weights": header.get("weights")}, payload)
+            try:
+                if failure is not None:
+                    target.send(failure)
+                else:
+                    head, payload = results_message(results, target.device)
+                    target.send({**head, "weights": header.get("weights")}, payload)
+            except PeerError:
+                if target is link:
+                    raise
+                # an edge member whose leader is gone: rank 0, which waits on that leader, names it
+                # and sends this rank the stop (one error line for the run, not one per member)
 
     def _gather(self, header: dict, failure: dict | None, results: list) -> tuple[dict | None, list, list | None]:
         """An edge leader: every member's results after its own (or the first failure)."""
