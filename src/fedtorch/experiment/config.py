@@ -207,7 +207,7 @@ def _validate_tracking(log) -> None:
         check_rule(log[key] is None or log[key].strip() != "", f"logging.{key}", log[key], "must be null or a non-empty text")
     p = log.wandb_project
     check_rule(p is None or not set(p) & set("/\\#?%:"), "logging.wandb_project", p,
-             "W&B project names cannot hold any of / \\ # ? % :")
+               "W&B project names cannot hold any of / \\ # ? % :")
     check_available(log)
 
 
@@ -243,17 +243,17 @@ def validate(cfg: DictConfig) -> DictConfig:
         _rule(check_at_least, key, d[key], 0, True)
     if d.partition == "natural":
         check_rule(not plugins.is_reference(d.dataset), "data.partition", d.partition,
-                 "a plug-in dataset has no users of its own; use a partitioner (or a plug-in one)")
+                   "a plug-in dataset has no users of its own; use a partitioner (or a plug-in one)")
         with_users = sorted(name for name, spec in DATASETS.items() if spec.users)
         check_rule(DATASETS[d.dataset].users, "data.partition", d.partition,
-                 f"dataset {d.dataset!r} has no users of its own; natural needs one of {', '.join(with_users)}")
+                   f"dataset {d.dataset!r} has no users of its own; natural needs one of {', '.join(with_users)}")
     for key in ("max_train_samples", "max_test_samples"):
         v = d[key]
         check_rule(v is None or v >= 1, f"data.{key}", v, "must be null or >= 1")
     for key in ("image_key", "label_key", "test_split"):  # dataset=huggingface's column and split names
         v = d[key]
         check_rule((v is None and key == "test_split") or (isinstance(v, str) and v.strip() != ""), f"data.{key}", v,
-                 "must be a non-empty column or split name" + (" (or null: 'test')" if key == "test_split" else ""))
+                   "must be a non-empty column or split name" + (" (or null: 'test')" if key == "test_split" else ""))
     check_rule(d.image_key != d.label_key, "data.label_key", d.label_key, "must name another column than data.image_key")
     check_rule(cfg.rounds >= 1, "rounds", cfg.rounds, "must be >= 1")
     check_rule(c.lr > 0, "client.lr", c.lr, "must be > 0")
@@ -270,13 +270,13 @@ def validate(cfg: DictConfig) -> DictConfig:
     check_rule(cfg.eval.clients_every >= 0, "eval.clients_every", cfg.eval.clients_every, "must be >= 0 (0: off)")
     _rule(check_holdout, cfg.eval.holdout)
     check_rule(cfg.eval.diverge_loss is None or cfg.eval.diverge_loss > 0, "eval.diverge_loss", cfg.eval.diverge_loss,
-             "must be null (off) or > 0")
+               "must be null (off) or > 0")
     check_rule(0 < cfg.eval.diverge_nonfinite <= 1, "eval.diverge_nonfinite", cfg.eval.diverge_nonfinite, "must be in (0, 1]")
     check_rule(cfg.checkpoint.every >= 1, "checkpoint.every", cfg.checkpoint.every, "must be >= 1")
     m = f.state_memory_mb
     check_rule(m is None or (math.isfinite(m) and m >= 0), "federation.state_memory_mb", m,
-             "must be null (no limit: every client state in RAM) or a number of MiB >= 0 "
-             "(states beyond it spill to <run_dir>/client_states; 0: all on disk)")
+               "must be null (no limit: every client state in RAM) or a number of MiB >= 0 "
+               "(states beyond it spill to <run_dir>/client_states; 0: all on disk)")
     dev = cfg.execution.device
     check_rule(dev == "cpu" or re.fullmatch(r"cuda(:\d+)?", dev) is not None, "execution.device", dev, "use cpu, cuda or cuda:<index>")
     _validate_execution(cfg.execution)
@@ -293,7 +293,7 @@ def _validate_execution(e: DictConfig) -> None:
     for key in ("threads", "max_clients_per_step"):
         _rule(check_count, key, e[key])
     check_rule(e.edges == 0 or (e.mode == "distributed" and e.edges > 0), "execution.edges", e.edges,
-             "edges group worker processes: a count >= 1 with execution.mode=distributed, else 0")
+               "edges group worker processes: a count >= 1 with execution.mode=distributed, else 0")
     if e.devices is not None:
         try:
             parse_slots(list(e.devices))
@@ -313,16 +313,16 @@ def _validate_federation(cfg: DictConfig) -> None:
     _rule(check_stragglers, st.fraction, st.policy)
     if f.mode == "sync":
         check_rule(c.lr_delay_alpha == 0, "client.lr_delay_alpha", c.lr_delay_alpha,
-                 "needs federation.mode=async (synchronous rounds have no delays)")
+                   "needs federation.mode=async (synchronous rounds have no delays)")
         check_rule(f.buffer_size is None, "federation.buffer_size", f.buffer_size,
-                 "needs federation.mode=async (a synchronous round aggregates its whole cohort)")
+                   "needs federation.mode=async (a synchronous round aggregates its whole cohort)")
         return
     cls, _ = algorithm_hparams(cfg)
     _rule(check_buffer_size, f.buffer_size, Hooks(cls, "async"))
     check_rule(st.fraction == 0, "stragglers.fraction", st.fraction,
-             "stragglers are for federation.mode=sync; in async mode slow clients come from delays.*")
+               "stragglers are for federation.mode=sync; in async mode slow clients come from delays.*")
     check_rule(cfg.eval.clients_every == 0, "eval.clients_every", cfg.eval.clients_every,
-             "per-client evaluation needs federation.mode=sync (asynchronous runs have no rounds to evaluate after)")
+               "per-client evaluation needs federation.mode=sync (asynchronous runs have no rounds to evaluate after)")
     _rule(check_clock, f.clock, f.sleep_scale)
     if f.concurrency is not None:
         _rule(check_concurrency, f.concurrency, cfg.data.num_clients)
